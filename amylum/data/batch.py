@@ -1,0 +1,93 @@
+"""The collated multimodal batch: the one contract between data, model, masks and runtime.
+
+Everything that depends on a batch travels with it (DESIGN §4.3): the per-token segment
+information that attention masks are built from, the encoder inputs, and the bookkeeping
+needed for clear errors (which record an item came from) and throughput metrics.
+
+Token layout conventions (B rows × S positions):
+
+* ``sample_ids``  – which packed sample of the row a token belongs to (0, 1, 2, … within a
+  row); ``-1`` marks padding. Padding never attends and is never attended to.
+* ``segment_ids`` – ``-1`` for text and padding; every image / audio clip gets its own id,
+  unique within its row (0, 1, 2, …), so two images never see each other's future tokens.
+* ``kinds``       – ``0`` text (and padding); ``i + 1`` for tokens of modality
+  ``modalities[i]``. The model scatters encoder features into the ``kinds == i + 1``
+  positions in row-major order.
+* ``position_ids`` restart at 0 for every sample of a packed row.
+* ``labels`` are aligned with ``input_ids`` (the loss shifts them); ``-100`` on prompts,
+  modality tokens and padding. The first token of every sample is ``-100`` so that no
+  token is ever trained to predict the next sample of a packed row.
+
+Encoder items (images, clips) are ordered row-major by the position of their placeholder;
+``item_tokens[name][j]`` is how many feature tokens item ``j`` contributes and
+``item_records[name][j]`` the id of the record it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+TEXT_KIND = 0
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MultimodalBatch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    sample_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    kinds: torch.Tensor
+    modalities: tuple[str, ...] = ()
+    encoder_inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    item_tokens: dict[str, list[int]] = field(default_factory=dict)
+    item_records: dict[str, list[str]] = field(default_factory=dict)
+    # Record id of every sample: records[row][sample_index_in_row].
+    records: list[list[str]] = field(default_factory=list)
+    # Seconds of audio per sample etc. for throughput metrics: {"audio_seconds": 12.5}.
+    stats: dict[str, float] = field(default_factory=dict)
+
+    _TENSOR_FIELDS = ("input_ids", "labels", "position_ids", "sample_ids", "segment_ids", "kinds")
+
+    def __post_init__(self) -> None:
+        shape = self.input_ids.shape
+        if self.input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(shape)}")
+        for name in self._TENSOR_FIELDS:
+            t = getattr(self, name)
+            if t.shape != shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} like input_ids")
+        unknown = set(self.encoder_inputs) - set(self.modalities)
+        if unknown:
+            raise ValueError(f"encoder inputs for {sorted(unknown)} but batch modalities are {list(self.modalities)}")
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(r) for r in self.records) if self.records else int(
+            sum(int(row.max().item()) + 1 for row in self.sample_ids if (row >= 0).any())
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        """Non-padding tokens."""
+        return int((self.sample_ids >= 0).sum().item())
+
+    def num_items(self, modality: str) -> int:
+        return len(self.item_tokens.get(modality, ()))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "MultimodalBatch":
+        """A copy with every tensor on ``device`` (floating encoder inputs keep their dtype)."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, non_blocking=non_blocking)
+            elif f.name == "encoder_inputs":
+                value = {
+                    m: {k: v.to(device, non_blocking=non_blocking) for k, v in d.items()} for m, d in value.items()
+                }
+            moved[f.name] = value
+        return MultimodalBatch(**moved)
