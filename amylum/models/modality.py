@@ -67,10 +67,13 @@ class AudioInputSpec:
 class TensorInputSpec:
     """A custom ``nn.Module`` encoder fed a tensor the user prepares (shape (N, ...)).
 
-    ``tokens_per_item`` is how many feature tokens one item yields after the projector.
+    ``tokens_per_item`` is how many feature tokens one item yields after the projector;
+    ``item_shape`` (one item's shape without the leading N) lets a rank with no item of this
+    modality run the encoder on a zero input, so collectives stay in step.
     """
 
     tokens_per_item: int
+    item_shape: tuple[int, ...] | None = None
     input_name: str = "inputs"
     placeholder: str = "<input>"
     kind: str = "tensor"

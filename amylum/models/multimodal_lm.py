@@ -1,0 +1,241 @@
+"""MultimodalLM: named modality encoders (+ projectors) feeding one HF causal LM.
+
+The LLM is driven only through its public interface: ``inputs_embeds``, ``position_ids``,
+``labels`` and the attention backend registered with transformers' ``AttentionInterface``
+(``amylum.attention``). No forward function of any HF family is copied, so every causal LM
+family that transformers supports works, and keeps working across releases.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from amylum.attention import attention_inputs, setup_llm_attention
+from amylum.data.batch import IGNORE_INDEX, MultimodalBatch
+from amylum.models.encoder import ModalityEncoder
+from amylum.models.modality import ModalityInputSpec
+
+
+@dataclass
+class MultimodalOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    num_target_tokens: torch.Tensor  # tokens that carry a label after the shift (the loss's denominator)
+
+
+def llm_hidden_size(llm: nn.Module) -> int:
+    config = llm.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text_config.hidden_size
+
+
+class MultimodalLM(nn.Module):
+    """Encoders (by modality name) + one causal LM.
+
+    Args:
+        llm: an HF causal LM (``AutoModelForCausalLM`` family) or a peft wrapper of one.
+        encoders: modality name → ``ModalityEncoder``. The order fixes the ``kinds`` ids.
+        attention_backend: ``"reference"`` (dense mask, CPU), ``"flex"`` (GPU) … see
+            ``amylum.attention``; ``"hf"`` keeps the model's own attention (plain causal).
+        mask_mode: ``"multimodal"`` (bidirectional inside each image/clip, DESIGN §5) or ``"causal"``.
+        run_idle_encoders: run an encoder on a zero input when a batch has none of its items
+            and add its output times zero, so every rank of a sharded encoder runs the same
+            collectives each step (DESIGN §4.4). The distributed runtime turns this on.
+        validate_inputs: check, per sample, that placeholder tokens and encoder feature
+            tokens agree before scattering (a host round-trip; the data path guarantees it
+            too, so a tuned GPU step may switch it off).
+    """
+
+    def __init__(
+        self,
+        llm: nn.Module,
+        encoders: Mapping[str, ModalityEncoder] | None = None,
+        *,
+        attention_backend: str = "reference",
+        mask_mode: str = "multimodal",
+        run_idle_encoders: bool = False,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        if mask_mode not in ("multimodal", "causal"):
+            raise ValueError(f"mask_mode must be 'multimodal' or 'causal', got {mask_mode!r}")
+        self.llm = llm
+        self.encoders = nn.ModuleDict(dict(encoders or {}))
+        self.attention_backend = attention_backend
+        self.mask_mode = mask_mode
+        self.run_idle_encoders = run_idle_encoders
+        self.validate_inputs = validate_inputs
+        hidden = llm_hidden_size(llm)
+        for name, enc in self.encoders.items():
+            if not isinstance(enc, ModalityEncoder):
+                raise TypeError(f"encoder {name!r} must be a ModalityEncoder, got {type(enc).__name__}")
+            out_dim = getattr(enc.projector, "out_dim", None)
+            if out_dim is not None and out_dim != hidden:
+                raise ValueError(f"projector of {name!r} outputs width {out_dim}, but the LLM's hidden size is {hidden}")
+        setup_llm_attention(self.llm, attention_backend)
+
+    # -- description -----------------------------------------------------------------------
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.encoders.keys())
+
+    def modality_specs(self) -> dict[str, ModalityInputSpec]:
+        """Modality name → input spec, in ``kinds`` order (modalities[i] ↔ kind i + 1)."""
+        return {name: enc.input_spec for name, enc in self.encoders.items()}
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = {"llm": sum(p.numel() for p in self.llm.parameters())}
+        for name, enc in self.encoders.items():
+            counts[f"{name}.encoder"] = sum(p.numel() for p in enc.encoder.parameters())
+            counts[f"{name}.projector"] = sum(p.numel() for p in enc.projector.parameters())
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return counts
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- forward -----------------------------------------------------------------------------
+    def _check_placeholders(self, batch: MultimodalBatch, kind: int, name: str) -> None:
+        tokens, records = batch.item_tokens.get(name, []), batch.item_records.get(name, [])
+        expected: Counter = Counter()
+        for rec, n in zip(records, tokens):
+            expected[rec] += n
+        positions = (batch.kinds == kind).cpu()
+        sample_ids = batch.sample_ids.cpu()
+        actual: Counter = Counter()
+        if batch.records:
+            rows, cols = positions.nonzero(as_tuple=True)
+            for (row, sid), n in Counter(zip(rows.tolist(), sample_ids[rows, cols].tolist())).items():
+                actual[batch.records[row][sid]] += n
+        else:
+            actual["<batch>"] = int(positions.sum())
+            expected = Counter({"<batch>": sum(tokens)})
+        for rec in sorted(set(expected) | set(actual)):
+            if expected[rec] != actual[rec]:
+                raise ValueError(
+                    f"sample {rec!r}: {actual[rec]} {name} placeholder tokens in the sequence but "
+                    f"{expected[rec]} {name} feature tokens from its items"
+                )
+
+    def embed(self, batch: MultimodalBatch) -> torch.Tensor:
+        """Token embeddings with every modality's projected features scattered into its positions."""
+        embedding = self.llm.get_input_embeddings()
+        # Placeholder positions are overwritten below; masking their ids keeps them in range of
+        # any vocabulary, so a tokenizer's placeholder tokens need no LLM embedding rows.
+        input_ids = batch.input_ids.masked_fill(batch.kinds > 0, 0)
+        embeds = embedding(input_ids)
+        unknown = [m for m in batch.modalities if m not in self.encoders]
+        if unknown:
+            raise ValueError(f"batch has modalities {unknown} but the model's encoders are {list(self.modalities)}")
+        present = set()
+        for i, name in enumerate(batch.modalities):
+            inputs = batch.encoder_inputs.get(name)
+            n_items = batch.num_items(name)
+            if not inputs or n_items == 0:
+                if bool((batch.kinds == i + 1).any()):
+                    raise ValueError(f"batch has {name} placeholder tokens but no {name} encoder inputs")
+                continue
+            present.add(name)
+            if self.validate_inputs:
+                self._check_placeholders(batch, i + 1, name)
+            feats = self.encoders[name](**inputs)
+            if feats.shape[0] != n_items:
+                raise ValueError(f"{name} encoder returned {feats.shape[0]} items, the batch lists {n_items}")
+            if feats.shape[-1] != embeds.shape[-1]:
+                raise ValueError(f"{name} features have width {feats.shape[-1]}, the LLM expects {embeds.shape[-1]}")
+            lengths = torch.tensor(batch.item_tokens[name], device=feats.device)
+            if int(lengths.max()) > feats.shape[1]:
+                raise ValueError(
+                    f"an item of {name} needs {int(lengths.max())} feature tokens but the encoder yields {feats.shape[1]}"
+                )
+            keep = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
+            selected = feats[keep].to(embeds.dtype)
+            mask = (batch.kinds == i + 1).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, selected)
+        if self.run_idle_encoders:
+            for name, enc in self.encoders.items():
+                if name not in present:
+                    dummy = enc(**enc.dummy_inputs(embeds.device))
+                    embeds = embeds + 0.0 * dummy.sum().to(embeds.dtype)
+        return embeds
+
+    def _llm_inputs(self, segments: object) -> dict:
+        return attention_inputs(segments, mode=self.mask_mode, backend=self.attention_backend)
+
+    def forward(self, batch: MultimodalBatch, *, num_items_in_batch: int | torch.Tensor | None = None) -> MultimodalOutput:
+        """LM loss over text targets (labels ≠ -100 after the shift).
+
+        ``num_items_in_batch``: the number of target tokens over all microbatches (and ranks)
+        of the step. With it, the loss is a sum divided by that global count, so gradient
+        accumulation and data parallelism weight every token equally.
+        """
+        embeds = self.embed(batch)
+        num_targets = (batch.labels[:, 1:] != IGNORE_INDEX).sum()
+        out = self.llm(
+            inputs_embeds=embeds,
+            position_ids=batch.position_ids,
+            labels=batch.labels,
+            num_items_in_batch=num_items_in_batch,
+            use_cache=False,
+            **self._llm_inputs(batch),
+        )
+        return MultimodalOutput(loss=out.loss, logits=out.logits, num_target_tokens=num_targets)
+
+    # -- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, batch: MultimodalBatch, *, max_new_tokens: int, eos_token_id: int | None = None
+    ) -> list[list[int]]:
+        """Greedy continuation of each row's prompt (one sample per row, right-padded).
+
+        Rows are left-aligned so new tokens append at the right; encoders run once. Each step
+        re-runs the LLM over the whole prefix (no KV cache): meant for short answers in
+        evaluation, where it keeps the multimodal mask exact without a cache-aware mask.
+        """
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if bool((batch.sample_ids > 0).any()):
+            raise ValueError("generate() takes one sample per row; got a packed batch")
+        embeds = self.embed(batch)
+        valid = batch.sample_ids >= 0
+        lengths = valid.sum(dim=1)
+        seq = batch.input_ids.shape[1]
+        # Left-align: row r is rotated right by (seq - length_r), moving its padding to the front.
+        shift = (seq - lengths)[:, None]
+        index = (torch.arange(seq, device=embeds.device)[None, :] - shift) % seq
+        take = lambda t: torch.gather(t, 1, index)  # noqa: E731
+        embeds = torch.gather(embeds, 1, index[..., None].expand_as(embeds))
+        seg = SimpleNamespace(
+            sample_ids=take(batch.sample_ids), segment_ids=take(batch.segment_ids), kinds=take(batch.kinds)
+        )
+        positions = take(batch.position_ids)
+        embedding = self.llm.get_input_embeddings()
+        rows = embeds.shape[0]
+        out: list[list[int]] = [[] for _ in range(rows)]
+        done = torch.zeros(rows, dtype=torch.bool, device=embeds.device)
+        for _ in range(max_new_tokens):
+            logits = self.llm(
+                inputs_embeds=embeds, position_ids=positions, use_cache=False, **self._llm_inputs(seg)
+            ).logits[:, -1]
+            nxt = logits.argmax(dim=-1)
+            for r, tok in enumerate(nxt.tolist()):
+                if not done[r]:
+                    out[r].append(tok)
+            if eos_token_id is not None:
+                done |= nxt == eos_token_id
+                if bool(done.all()):
+                    break
+            col = lambda t, v: torch.cat([t, torch.full_like(t[:, :1], v)], dim=1)  # noqa: E731
+            embeds = torch.cat([embeds, embedding(nxt)[:, None]], dim=1)
+            seg = SimpleNamespace(sample_ids=col(seg.sample_ids, 0), segment_ids=col(seg.segment_ids, -1), kinds=col(seg.kinds, 0))
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        if eos_token_id is not None:
+            out = [o[: o.index(eos_token_id)] if eos_token_id in o else o for o in out]
+        return out
