@@ -34,6 +34,45 @@ IGNORE_INDEX = -100
 
 
 @dataclass
+class BatchIndex:
+    """Flat (row-major over B×S) positions derived from a batch on the host.
+
+    Computed on the CPU before the batch moves to an accelerator, so the model can gather and
+    scatter with ``index_select`` / ``index_copy`` and never waits on the device to find out
+    where targets or modality tokens are (no host–device sync in the step).
+    """
+
+    target_positions: torch.Tensor  # positions p whose next token carries a label
+    target_labels: torch.Tensor  # labels[p + 1] for those positions
+    modality_positions: dict[str, torch.Tensor]  # positions of kinds == i + 1, per modality name
+
+    @classmethod
+    def from_batch(cls, batch: "MultimodalBatch") -> "BatchIndex":
+        b, s = batch.labels.shape
+        shifted = batch.labels[:, 1:]
+        rows, cols = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
+        positions = {
+            name: (batch.kinds.reshape(-1) == i + 1).nonzero().squeeze(1) for i, name in enumerate(batch.modalities)
+        }
+        return cls(target_positions=rows * s + cols, target_labels=shifted[rows, cols], modality_positions=positions)
+
+    def to(self, device, non_blocking: bool = False) -> "BatchIndex":
+        move = lambda t: _move(t, device, non_blocking)  # noqa: E731
+        return BatchIndex(
+            move(self.target_positions),
+            move(self.target_labels),
+            {k: move(v) for k, v in self.modality_positions.items()},
+        )
+
+
+def _move(t: torch.Tensor, device, non_blocking: bool) -> torch.Tensor:
+    # Pinned host memory lets a non-blocking copy overlap with the GPU's work instead of syncing.
+    if non_blocking and t.device.type == "cpu" and torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=non_blocking)
+
+
+@dataclass
 class MultimodalBatch:
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -49,6 +88,8 @@ class MultimodalBatch:
     records: list[list[str]] = field(default_factory=list)
     # Seconds of audio per sample etc. for throughput metrics: {"audio_seconds": 12.5}.
     stats: dict[str, float] = field(default_factory=dict)
+    # Host-derived flat positions (see BatchIndex); filled in by ``to()`` from a CPU batch.
+    index: BatchIndex | None = None
 
     _TENSOR_FIELDS = ("input_ids", "labels", "position_ids", "sample_ids", "segment_ids", "kinds")
 
@@ -78,16 +119,28 @@ class MultimodalBatch:
     def num_items(self, modality: str) -> int:
         return len(self.item_tokens.get(modality, ()))
 
+    def with_index(self) -> "MultimodalBatch":
+        """This batch with its ``BatchIndex`` computed (cheap on the CPU; done once per batch)."""
+        if self.index is None:
+            self.index = BatchIndex.from_batch(self)
+        return self
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MultimodalBatch":
-        """A copy with every tensor on ``device`` (floating encoder inputs keep their dtype)."""
+        """A copy with every tensor on ``device`` (floating encoder inputs keep their dtype).
+
+        A CPU batch computes its ``BatchIndex`` first, so the copy arrives with host-derived
+        positions and the model needs no device-to-host reads.
+        """
+        if self.index is None and self.input_ids.device.type == "cpu":
+            self.with_index()
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                value = value.to(device, non_blocking=non_blocking)
+            if isinstance(value, (torch.Tensor, BatchIndex)):
+                value = value.to(device, non_blocking=non_blocking) if isinstance(value, BatchIndex) else _move(
+                    value, device, non_blocking
+                )
             elif f.name == "encoder_inputs":
-                value = {
-                    m: {k: v.to(device, non_blocking=non_blocking) for k, v in d.items()} for m, d in value.items()
-                }
+                value = {m: {k: _move(v, device, non_blocking) for k, v in d.items()} for m, d in value.items()}
             moved[f.name] = value
         return MultimodalBatch(**moved)

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from amylum.attention import attention_inputs, setup_llm_attention
-from amylum.data.batch import IGNORE_INDEX, MultimodalBatch
+from amylum.data.batch import IGNORE_INDEX, BatchIndex, MultimodalBatch
 from amylum.models.encoder import ModalityEncoder
+from amylum.models.loss import fused_linear_cross_entropy
 from amylum.models.modality import ModalityInputSpec
 
 
@@ -27,6 +28,27 @@ class MultimodalOutput:
     loss: torch.Tensor | None
     logits: torch.Tensor | None
     num_target_tokens: torch.Tensor  # tokens that carry a label after the shift (the loss's denominator)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":  # pinned memory: the copy does not wait for the GPU's queue
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _logit_transform(llm: nn.Module) -> dict:
+    """What some families do between the LM head and the loss, read from their configs.
+
+    Gemma-2 soft-caps logits, Cohere multiplies them by ``logit_scale``, Granite divides them by
+    ``logits_scaling``; the fused loss applies the same transform so it equals HF's own loss.
+    """
+    config = llm.config.get_text_config() if hasattr(llm.config, "get_text_config") else llm.config
+    scale = 1.0
+    if getattr(config, "logit_scale", None) is not None:
+        scale *= float(config.logit_scale)
+    if getattr(config, "logits_scaling", None) is not None:
+        scale /= float(config.logits_scaling)
+    return {"scale": scale, "softcap": getattr(config, "final_logit_softcapping", None)}
 
 
 def llm_hidden_size(llm: nn.Module) -> int:
@@ -47,6 +69,8 @@ class MultimodalLM(nn.Module):
         run_idle_encoders: run an encoder on a zero input when a batch has none of its items
             and add its output times zero, so every rank of a sharded encoder runs the same
             collectives each step (DESIGN §4.4). The distributed runtime turns this on.
+        loss_impl: ``"fused"`` (chunked LM head + cross-entropy on target positions only,
+            ``models/loss.py``) or ``"hf"`` (the LLM's own ``labels`` path, full logits).
         validate_inputs: check, per sample, that placeholder tokens and encoder feature
             tokens agree before scattering (a host round-trip; the data path guarantees it
             too, so a tuned GPU step may switch it off).
@@ -61,6 +85,8 @@ class MultimodalLM(nn.Module):
         mask_mode: str = "multimodal",
         run_idle_encoders: bool = False,
         validate_inputs: bool = True,
+        loss_impl: str = "fused",
+        loss_chunk_size: int = 2048,
     ) -> None:
         super().__init__()
         if mask_mode not in ("multimodal", "causal"):
@@ -71,6 +97,10 @@ class MultimodalLM(nn.Module):
         self.mask_mode = mask_mode
         self.run_idle_encoders = run_idle_encoders
         self.validate_inputs = validate_inputs
+        if loss_impl not in ("fused", "hf"):
+            raise ValueError(f"loss_impl must be 'fused' or 'hf', got {loss_impl!r}")
+        self.loss_impl, self.loss_chunk_size = loss_impl, loss_chunk_size
+        self._logit_transform = _logit_transform(llm)
         hidden = llm_hidden_size(llm)
         for name, enc in self.encoders.items():
             if not isinstance(enc, ModalityEncoder):
@@ -125,7 +155,11 @@ class MultimodalLM(nn.Module):
                 )
 
     def embed(self, batch: MultimodalBatch) -> torch.Tensor:
-        """Token embeddings with every modality's projected features scattered into its positions."""
+        """Token embeddings with every modality's projected features scattered into its positions.
+
+        Counts and lengths come from host-side lists and, where the batch carries one, host
+        -derived positions (``batch.index``), so on a GPU nothing here waits for the device.
+        """
         embedding = self.llm.get_input_embeddings()
         # Placeholder positions are overwritten below; masking their ids keeps them in range of
         # any vocabulary, so a tokenizer's placeholder tokens need no LLM embedding rows.
@@ -134,31 +168,37 @@ class MultimodalLM(nn.Module):
         unknown = [m for m in batch.modalities if m not in self.encoders]
         if unknown:
             raise ValueError(f"batch has modalities {unknown} but the model's encoders are {list(self.modalities)}")
+        rows, seq, hidden = embeds.shape
+        flat = embeds.reshape(rows * seq, hidden)
         present = set()
         for i, name in enumerate(batch.modalities):
             inputs = batch.encoder_inputs.get(name)
-            n_items = batch.num_items(name)
-            if not inputs or n_items == 0:
-                if bool((batch.kinds == i + 1).any()):
+            lengths = batch.item_tokens.get(name, [])
+            if not inputs or not lengths:
+                if self.validate_inputs and bool((batch.kinds == i + 1).any()):
                     raise ValueError(f"batch has {name} placeholder tokens but no {name} encoder inputs")
                 continue
             present.add(name)
             if self.validate_inputs:
                 self._check_placeholders(batch, i + 1, name)
             feats = self.encoders[name](**inputs)
-            if feats.shape[0] != n_items:
-                raise ValueError(f"{name} encoder returned {feats.shape[0]} items, the batch lists {n_items}")
-            if feats.shape[-1] != embeds.shape[-1]:
-                raise ValueError(f"{name} features have width {feats.shape[-1]}, the LLM expects {embeds.shape[-1]}")
-            lengths = torch.tensor(batch.item_tokens[name], device=feats.device)
-            if int(lengths.max()) > feats.shape[1]:
-                raise ValueError(
-                    f"an item of {name} needs {int(lengths.max())} feature tokens but the encoder yields {feats.shape[1]}"
-                )
-            keep = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
-            selected = feats[keep].to(embeds.dtype)
-            mask = (batch.kinds == i + 1).unsqueeze(-1)
-            embeds = embeds.masked_scatter(mask, selected)
+            n_items, per_item, width = feats.shape
+            if n_items != len(lengths):
+                raise ValueError(f"{name} encoder returned {n_items} items, the batch lists {len(lengths)}")
+            if width != hidden:
+                raise ValueError(f"{name} features have width {width}, the LLM expects {hidden}")
+            if max(lengths) > per_item:
+                raise ValueError(f"an item of {name} needs {max(lengths)} feature tokens but the encoder yields {per_item}")
+            feats = feats.reshape(n_items * per_item, width)
+            if min(lengths) < per_item:  # variable-length items (audio): keep each item's first tokens
+                keep = torch.cat([torch.arange(n) + j * per_item for j, n in enumerate(lengths)])
+                feats = feats.index_select(0, _to_device(keep, feats.device))
+            if batch.index is not None:
+                positions = batch.index.modality_positions[name]
+            else:
+                positions = (batch.kinds.reshape(-1) == i + 1).nonzero().squeeze(1)
+            flat = flat.index_copy(0, positions, feats.to(flat.dtype))
+        embeds = flat.view(rows, seq, hidden)
         if self.run_idle_encoders:
             for name, enc in self.encoders.items():
                 if name not in present:
@@ -169,24 +209,46 @@ class MultimodalLM(nn.Module):
     def _llm_inputs(self, segments: object) -> dict:
         return attention_inputs(segments, mode=self.mask_mode, backend=self.attention_backend)
 
-    def forward(self, batch: MultimodalBatch, *, num_items_in_batch: int | torch.Tensor | None = None) -> MultimodalOutput:
+    def forward(
+        self,
+        batch: MultimodalBatch,
+        *,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = False,
+    ) -> MultimodalOutput:
         """LM loss over text targets (labels ≠ -100 after the shift).
 
         ``num_items_in_batch``: the number of target tokens over all microbatches (and ranks)
         of the step. With it, the loss is a sum divided by that global count, so gradient
         accumulation and data parallelism weight every token equally.
+
+        With ``loss_impl="fused"`` (default) the LM head runs only on target positions, in
+        chunks, and no logits are returned unless ``return_logits`` asks for HF's full path.
         """
         embeds = self.embed(batch)
-        num_targets = (batch.labels[:, 1:] != IGNORE_INDEX).sum()
-        out = self.llm(
-            inputs_embeds=embeds,
-            position_ids=batch.position_ids,
-            labels=batch.labels,
-            num_items_in_batch=num_items_in_batch,
-            use_cache=False,
-            **self._llm_inputs(batch),
+        attn = self._llm_inputs(batch)
+        if self.loss_impl == "hf" or return_logits:
+            num_targets = (batch.labels[:, 1:] != IGNORE_INDEX).sum()
+            out = self.llm(
+                inputs_embeds=embeds, position_ids=batch.position_ids, labels=batch.labels,
+                num_items_in_batch=num_items_in_batch, use_cache=False, **attn,
+            )
+            return MultimodalOutput(loss=out.loss, logits=out.logits, num_target_tokens=num_targets)
+        index = batch.index if batch.index is not None else BatchIndex.from_batch(batch)
+        states = self.llm.get_decoder()(
+            inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False, **attn
+        ).last_hidden_state
+        hidden = states.reshape(-1, states.shape[-1]).index_select(0, index.target_positions)
+        count = index.target_positions.shape[0]  # a host int: no sync
+        loss = fused_linear_cross_entropy(
+            hidden,
+            self.llm.get_output_embeddings(),
+            index.target_labels,
+            denominator=count if num_items_in_batch is None else num_items_in_batch,
+            chunk_size=self.loss_chunk_size,
+            **self._logit_transform,
         )
-        return MultimodalOutput(loss=out.loss, logits=out.logits, num_target_tokens=num_targets)
+        return MultimodalOutput(loss=loss, logits=None, num_target_tokens=torch.tensor(count))
 
     # -- generation ----------------------------------------------------------------------
     @torch.no_grad()

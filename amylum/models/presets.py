@@ -108,7 +108,7 @@ def _tiny_whisper() -> WhisperConfig:
     return WhisperConfig(
         d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
         decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128,
-        num_mel_bins=80, max_source_positions=100, vocab_size=64,
+        num_mel_bins=80, max_source_positions=100,
     )
 
 

@@ -204,7 +204,7 @@ def test_generate_left_aligns_padded_rows():
     out = model.generate(batch, max_new_tokens=3)
     assert [len(o) for o in out] == [3, 3]
     # the first generated token of each row is the argmax after its own last prompt token
-    logits = model(batch).logits
+    logits = model(batch, return_logits=True).logits
     last = (batch.sample_ids >= 0).sum(1) - 1
     expected = logits[torch.arange(2), last].argmax(-1).tolist()
     assert [o[0] for o in out] == expected

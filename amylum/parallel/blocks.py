@@ -1,0 +1,87 @@
+"""Per-block transformations applied to a composed model from outside (DESIGN §4.1).
+
+The repeated blocks of every component are found through the model's own layer lists (no
+per-family code), then compiled or checkpointed one block at a time: compiling per block
+keeps compile time proportional to one layer, and lets HF's Python-level control flow
+between blocks run eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def find_layer_list(module: nn.Module) -> nn.ModuleList | None:
+    """The longest ``nn.ModuleList`` of same-class modules inside ``module`` (its transformer blocks)."""
+    best: nn.ModuleList | None = None
+    for sub in module.modules():
+        if isinstance(sub, nn.ModuleList) and len(sub) > 0:
+            if len({type(m) for m in sub}) == 1 and (best is None or len(sub) > len(best)):
+                best = sub
+    return best
+
+
+def component_blocks(model: nn.Module) -> Iterator[tuple[str, nn.ModuleList]]:
+    """(component name, its block list) for the LLM and every encoder of a MultimodalLM."""
+    llm_blocks = find_layer_list(model.llm)
+    if llm_blocks is not None:
+        yield "llm", llm_blocks
+    for name, branch in model.encoders.items():
+        blocks = find_layer_list(branch.encoder)
+        if blocks is not None:
+            yield name, blocks
+
+
+def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = None, **compile_kwargs) -> int:
+    """``torch.compile`` every block in place (``nn.Module.compile``); returns how many were compiled."""
+    count = 0
+    for name, blocks in component_blocks(model):
+        if components is not None and name not in components:
+            continue
+        for block in blocks:
+            block.compile(**compile_kwargs)
+            count += 1
+    return count
+
+
+class _Checkpointed(nn.Module):
+    """Recompute a block's activations in backward instead of storing them."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.block(*args, **kwargs)
+        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # HF code reads attributes such as ``attention_type`` off its layers
+            return getattr(self.block, name)
+
+
+def checkpoint_blocks(model: nn.Module, *, every: int = 1, component: str = "llm") -> int:
+    """Wrap every ``every``-th block of ``component`` in activation checkpointing.
+
+    ``every=1`` checkpoints all blocks (least memory); larger values trade memory for speed
+    (selective checkpointing). Returns the number of wrapped blocks.
+    """
+    if every < 1:
+        raise ValueError("every must be >= 1")
+    for name, blocks in component_blocks(model):
+        if name != component:
+            continue
+        wrapped = 0
+        for i in range(0, len(blocks), every):
+            if not isinstance(blocks[i], _Checkpointed):
+                blocks[i] = _Checkpointed(blocks[i])
+                wrapped += 1
+        return wrapped
+    raise ValueError(f"no block list found for component {component!r}")

@@ -1,0 +1,254 @@
+"""One training step on one GPU: amylum's path vs a plain HuggingFace loop, same run, same data.
+
+    python bench/gpu_step.py                  # VLM preset (SigLIP-so400m frozen + MLP + Qwen2-1.5B), batch 4
+    python bench/gpu_step.py --preset valm    # Whisper-small + SigLIP-so400m + Mistral-7B (frozen LLM)
+    python bench/gpu_step.py --cpu-smoke      # tiny preset on CPU: checks the script runs
+
+Rows:
+  hf-loop          encoder under no_grad, llm(inputs_embeds=…, labels=…), SDPA (causal), bf16 weights, fused AdamW
+  amylum-causal    amylum's path with the plain causal mask (for the loss-agreement check with hf-loop)
+  amylum           amylum's path with the multimodal mask (bidirectional inside each image): the target row
+Model FLOPs per step = 6·P_llm·T + 2·P_enc·T_enc for trainable LLM (2·P_llm·T + 4·P_llm·T backward
+through a frozen LLM's activations counts as 4·P_llm·T: input gradients only); MFU is against the
+measured bf16 matmul rate of this card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from amylum.data.batch import IGNORE_INDEX, MultimodalBatch  # noqa: E402
+from amylum.models import BranchFreeze, FreezeSpec, apply_freeze, build_preset  # noqa: E402
+from amylum.parallel.blocks import compile_blocks  # noqa: E402
+
+PRESETS = {
+    # name: (preset, rows, prompt tokens, text tokens, images per row, audio seconds per row, train llm)
+    "vlm": ("siglip-so400m+qwen2-1.5b", 4, 16, 1024, 1, 0.0, True),
+    "valm": ("whisper-small+siglip-so400m+mistral-7b", 2, 16, 512, 1, 30.0, False),
+    "tiny": ("tiny-valm", 2, 4, 24, 1, 1.0, True),
+}
+
+
+@dataclass
+class Shape:
+    rows: int
+    prompt: int
+    text: int
+    images: int
+    audio_seconds: float
+
+
+def make_batch(model, shape: Shape, vocab: int, seed: int) -> MultimodalBatch:
+    """rows × [prompt | image(s) | audio | answer text]; loss on the answer text only."""
+    g = torch.Generator().manual_seed(seed)
+    specs = model.modality_specs()
+    modalities = tuple(specs)
+    parts_tokens, inputs, item_tokens, item_records = [], {}, {m: [] for m in modalities}, {m: [] for m in modalities}
+    for name, spec in specs.items():
+        if spec.kind == "image" and shape.images:
+            n = spec.num_tokens()
+            inputs[name] = {spec.input_name: torch.randn(shape.rows * shape.images, spec.num_channels, spec.image_size, spec.image_size, generator=g)}
+            parts_tokens.append((name, [n] * shape.images))
+        elif spec.kind == "audio" and shape.audio_seconds:
+            n = spec.num_tokens(int(shape.audio_seconds * spec.sampling_rate))
+            inputs[name] = {spec.input_name: torch.randn(shape.rows, spec.n_mels, spec.max_frames, generator=g)}
+            parts_tokens.append((name, [n]))
+    cols = {k: [] for k in ("input_ids", "labels", "position_ids", "sample_ids", "segment_ids", "kinds")}
+    for r in range(shape.rows):
+        ids = torch.randint(3, vocab, (shape.prompt + shape.text,), generator=g).tolist()
+        row = {k: [] for k in cols}
+        seg = 0
+
+        def add(tok, label, kind, segment):
+            row["input_ids"].append(tok)
+            row["labels"].append(label)
+            row["position_ids"].append(len(row["position_ids"]))
+            row["sample_ids"].append(0)
+            row["segment_ids"].append(segment)
+            row["kinds"].append(kind)
+
+        for t in ids[: shape.prompt]:
+            add(t, IGNORE_INDEX, 0, -1)
+        for name, counts in parts_tokens:
+            kind = modalities.index(name) + 1
+            for n in counts:
+                for _ in range(n):
+                    add(0, IGNORE_INDEX, kind, seg)
+                seg += 1
+                item_tokens[name].append(n)
+                item_records[name].append(f"row{r}")
+        for t in ids[shape.prompt :]:
+            add(t, t, 0, -1)
+        for k in cols:
+            cols[k].append(row[k])
+    tensors = {k: torch.tensor(v) for k, v in cols.items()}
+    return MultimodalBatch(
+        **tensors, modalities=modalities, encoder_inputs=inputs,
+        item_tokens={k: v for k, v in item_tokens.items() if v}, item_records={k: v for k, v in item_records.items() if v},
+        records=[[f"row{r}"] for r in range(shape.rows)],
+    )
+
+
+def matmul_rate(device: str) -> float:
+    if device != "cuda":
+        return float("nan")
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    reps = 20
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def build(preset: str, device: str, dtype, backend: str, mask_mode: str, train_llm: bool, seed: int):
+    model = build_preset(preset, device=device, dtype=dtype, attention_backend=backend, mask_mode=mask_mode, seed=seed)
+    freeze = {m: BranchFreeze("frozen", "trainable") for m in model.encoders}
+    apply_freeze(model, FreezeSpec(llm="trainable" if train_llm else "frozen", encoders=freeze))
+    return model
+
+
+def hf_loop_step(model, batch: MultimodalBatch):
+    """What a user writes with HF alone: encoders under no_grad, concatenate, llm(labels=…)."""
+    embeds = model.llm.get_input_embeddings()(batch.input_ids.masked_fill(batch.kinds > 0, 0))
+    pieces = []
+    for i, name in enumerate(batch.modalities):
+        branch = model.encoders[name]
+        with torch.no_grad():
+            feats = branch.encode(**batch.encoder_inputs[name])
+        proj = branch.projector(feats)
+        n = batch.item_tokens[name][0]
+        pieces.append((i + 1, proj[:, :n]))
+    # scatter by position (all rows share one layout in this benchmark)
+    flat = embeds.clone()
+    for kind, feats in pieces:
+        pos = (batch.kinds[0] == kind).nonzero().squeeze(1)
+        per_row = feats.reshape(batch.input_ids.shape[0], -1, feats.shape[-1])
+        flat[:, pos] = per_row.to(flat.dtype)
+    return model.llm(inputs_embeds=flat, position_ids=batch.position_ids, labels=batch.labels, use_cache=False).loss
+
+
+def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate):
+    preset, *_rest, train_llm = PRESETS[args.preset]
+    device, dtype = ("cpu", torch.float32) if args.cpu_smoke else ("cuda", torch.bfloat16)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = build(preset, device, dtype, backend, mask_mode, train_llm, args.seed)
+    if amylum_path:
+        model.validate_inputs = False
+        if not args.no_compile:
+            compile_blocks(model)
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=device == "cuda")
+    cpu_batch = make_batch(model, shape, vocab, args.seed)
+    batch = cpu_batch.to(device, non_blocking=device == "cuda")
+    losses = []
+
+    def step():
+        loss = model(batch).loss if amylum_path else hf_loop_step(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+
+    t_compile = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t_compile = time.perf_counter() - t_compile
+    start = time.perf_counter()
+    if device == "cuda":
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+    for _ in range(args.steps):
+        step()
+    if device == "cuda":
+        e1.record()
+        torch.cuda.synchronize()
+        ms = e0.elapsed_time(e1) / args.steps
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        ms = (time.perf_counter() - start) * 1000 / args.steps
+        peak = float("nan")
+    counts = model.parameter_counts()
+    tokens = int((cpu_batch.sample_ids >= 0).sum())
+    enc_tokens = {m: cpu_batch.num_items(m) for m in cpu_batch.modalities}
+    p_llm = counts["llm"]
+    flops = (6 if train_llm else 4) * p_llm * tokens
+    for m, n_items in enc_tokens.items():
+        spec = model.modality_specs()[m]
+        # encoder tokens actually computed: images' patch grid; audio: the full padded window
+        enc_seq = spec.tokens_per_item if spec.kind == "image" else spec.max_tokens * 1
+        flops += 2 * counts[f"{m}.encoder"] * n_items * enc_seq
+    tflops = flops / (ms / 1000) / 1e12
+    result = dict(
+        label=label, ms=ms, tok_s=tokens / (ms / 1000), tflops=tflops, mfu=tflops / rate if rate == rate else float("nan"),
+        peak=peak, compile_s=t_compile, losses=[float(x) for x in torch.stack(losses).float().cpu()],
+    )
+    del model, opt, batch, params
+    gc.collect()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="vlm")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", default="fast", help="amylum attention backend for the target row")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--skip-causal", action="store_true", help="skip the loss-agreement row")
+    ap.add_argument("--cpu-smoke", action="store_true")
+    args = ap.parse_args()
+    if args.cpu_smoke:
+        args.preset, args.steps, args.warmup, args.no_compile = "tiny", 2, 1, True
+        args.backend = "reference"
+    elif not torch.cuda.is_available():
+        sys.exit("no CUDA device: use --cpu-smoke on a machine without a GPU")
+    preset, rows, prompt, text, images, audio_s, train_llm = PRESETS[args.preset]
+    shape = Shape(rows, prompt, text, images, audio_s)
+    vocab = 64 if args.cpu_smoke else 32000
+    device = "cpu" if args.cpu_smoke else "cuda"
+    rate = matmul_rate(device)
+    print(f"# {preset}; batch {rows} × ({text + prompt} text + modality tokens); "
+          f"{'trainable' if train_llm else 'frozen'} LLM; device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}; "
+          f"torch {torch.__version__}; bf16 matmul {rate:.0f} TFLOP/s", flush=True)
+    results = [run_row("hf-loop", args, shape, vocab, "hf", "causal", False, rate)]
+    if not args.skip_causal:
+        results.append(run_row("amylum-causal", args, shape, vocab, args.backend, "causal", True, rate))
+    results.append(run_row("amylum", args, shape, vocab, args.backend, "multimodal", True, rate))
+    base = results[0]
+    print(f"{'path':<14} {'ms/step':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'vs hf':>6} {'warmup s':>8}")
+    for r in results:
+        print(f"{r['label']:<14} {r['ms']:8.1f} {r['tok_s']:9.0f} {r['tflops']:8.1f} {r['mfu']:6.1%} {r['peak']:8.1f} "
+              f"{base['ms'] / r['ms']:5.2f}× {r['compile_s']:8.1f}")
+    if not args.skip_causal:
+        a, b = torch.tensor(base["losses"]), torch.tensor(results[1]["losses"])
+        rel = ((a - b).abs() / a.abs()).max().item()
+        print(f"loss agreement hf-loop vs amylum-causal over {len(a)} steps: max relative difference {rel:.2e}")
+        print("losses hf:", " ".join(f"{x:.4f}" for x in a.tolist()))
+        print("losses am:", " ".join(f"{x:.4f}" for x in b.tolist()))
+    if math.isnan(rate):
+        print("(CPU smoke run: no MFU)")
+
+
+if __name__ == "__main__":
+    main()
