@@ -119,6 +119,42 @@ class MultimodalBatch:
     def num_items(self, modality: str) -> int:
         return len(self.item_tokens.get(modality, ()))
 
+    def items_per_row(self, modality: str) -> list[int]:
+        """How many items (images, clips) of ``modality`` each row holds (items are row-major)."""
+        kind = self.modalities.index(modality) + 1
+        counts = []
+        for row_kinds, row_segments in zip(self.kinds, self.segment_ids):
+            counts.append(int(torch.unique(row_segments[row_kinds == kind]).numel()))
+        return counts
+
+    def select_rows(self, rows: list[int]) -> "MultimodalBatch":
+        """A batch of the given rows (in that order) with their encoder items and bookkeeping."""
+        if not rows:
+            raise ValueError("select_rows needs at least one row")
+        index = torch.tensor(rows)
+        tensors = {name: getattr(self, name)[index] for name in self._TENSOR_FIELDS}
+        encoder_inputs, item_tokens, item_records = {}, {}, {}
+        for modality in self.modalities:
+            if not self.item_tokens.get(modality):
+                continue
+            counts = self.items_per_row(modality)
+            starts = [sum(counts[:r]) for r in range(len(counts))]
+            picked = [i for r in rows for i in range(starts[r], starts[r] + counts[r])]
+            if not picked:
+                continue
+            item_index = torch.tensor(picked)
+            encoder_inputs[modality] = {k: v[item_index] for k, v in self.encoder_inputs[modality].items()}
+            item_tokens[modality] = [self.item_tokens[modality][i] for i in picked]
+            item_records[modality] = [self.item_records[modality][i] for i in picked] if self.item_records.get(modality) else []
+        return MultimodalBatch(
+            **tensors,
+            modalities=self.modalities,
+            encoder_inputs=encoder_inputs,
+            item_tokens=item_tokens,
+            item_records={k: v for k, v in item_records.items() if v},
+            records=[self.records[r] for r in rows] if self.records else [],
+        )
+
     def with_index(self) -> "MultimodalBatch":
         """This batch with its ``BatchIndex`` computed (cheap on the CPU; done once per batch)."""
         if self.index is None:
