@@ -154,8 +154,11 @@ class MultimodalLM(nn.Module):
                     f"{expected[rec]} {name} feature tokens from its items"
                 )
 
-    def embed(self, batch: MultimodalBatch) -> torch.Tensor:
+    def embed(self, batch: MultimodalBatch, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Token embeddings with every modality's projected features scattered into its positions.
+
+        ``features``: projected features computed elsewhere (a pipeline's encoder stages send
+        them to the LLM's first stage), by modality; those encoders are not run here.
 
         Counts and lengths come from host-side lists and, where the batch carries one, host
         -derived positions (``batch.index``), so on a GPU nothing here waits for the device.
@@ -165,7 +168,7 @@ class MultimodalLM(nn.Module):
         # any vocabulary, so a tokenizer's placeholder tokens need no LLM embedding rows.
         input_ids = batch.input_ids.masked_fill(batch.kinds > 0, 0)
         embeds = embedding(input_ids)
-        unknown = [m for m in batch.modalities if m not in self.encoders]
+        unknown = [m for m in batch.modalities if m not in self.encoders and not (features and m in features)]
         if unknown:
             raise ValueError(f"batch has modalities {unknown} but the model's encoders are {list(self.modalities)}")
         rows, seq, hidden = embeds.shape
@@ -174,14 +177,15 @@ class MultimodalLM(nn.Module):
         for i, name in enumerate(batch.modalities):
             inputs = batch.encoder_inputs.get(name)
             lengths = batch.item_tokens.get(name, [])
-            if not inputs or not lengths:
+            given = features is not None and name in features
+            if not lengths or not (inputs or given):
                 if self.validate_inputs and bool((batch.kinds == i + 1).any()):
                     raise ValueError(f"batch has {name} placeholder tokens but no {name} encoder inputs")
                 continue
             present.add(name)
             if self.validate_inputs:
                 self._check_placeholders(batch, i + 1, name)
-            feats = self.encoders[name](**inputs)
+            feats = features[name] if given else self.encoders[name](**inputs)
             n_items, per_item, width = feats.shape
             if n_items != len(lengths):
                 raise ValueError(f"{name} encoder returned {n_items} items, the batch lists {len(lengths)}")
@@ -201,7 +205,7 @@ class MultimodalLM(nn.Module):
         embeds = flat.view(rows, seq, hidden)
         if self.run_idle_encoders:
             for name, enc in self.encoders.items():
-                if name not in present:
+                if name not in present and not (features is not None and name in features):
                     dummy = enc(**enc.dummy_inputs(embeds.device))
                     embeds = embeds + 0.0 * dummy.sum().to(embeds.dtype)
         return embeds
@@ -234,10 +238,21 @@ class MultimodalLM(nn.Module):
                 num_items_in_batch=num_items_in_batch, use_cache=False, **attn,
             )
             return MultimodalOutput(loss=out.loss, logits=out.logits, num_target_tokens=num_targets)
-        index = batch.index if batch.index is not None else BatchIndex.from_batch(batch)
-        states = self.llm.get_decoder()(
+        states = self.decode(embeds, batch, attn)
+        return self.loss_from_states(states, batch, num_items_in_batch=num_items_in_batch)
+
+    def decode(self, embeds: torch.Tensor, batch: MultimodalBatch, attn: dict | None = None) -> torch.Tensor:
+        """The LLM's decoder (its own forward, whatever layers it holds) → hidden states."""
+        attn = self._llm_inputs(batch) if attn is None else attn
+        return self.llm.get_decoder()(
             inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False, **attn
         ).last_hidden_state
+
+    def loss_from_states(
+        self, states: torch.Tensor, batch: MultimodalBatch, *, num_items_in_batch: int | torch.Tensor | None = None
+    ) -> MultimodalOutput:
+        """Fused LM head + cross-entropy on the target positions of final hidden states."""
+        index = batch.index if batch.index is not None else BatchIndex.from_batch(batch)
         hidden = states.reshape(-1, states.shape[-1]).index_select(0, index.target_positions)
         count = index.target_positions.shape[0]  # a host int: no sync
         loss = fused_linear_cross_entropy(

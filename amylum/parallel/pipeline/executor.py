@@ -1,0 +1,134 @@
+"""Run any valid action list of the planner (``amylum.planner.schedule``) with point-to-point ops.
+
+Shapes are sent with every message (a small header before the payload), because image and
+audio token counts change from one microbatch to the next: nothing is inferred once and
+assumed. SENDs are asynchronous and complete by the end of the step; RECVs block, which is
+what the planner's validator proves deadlock-free. ``W`` actions are accepted and run nothing:
+``B`` computes input and weight gradients together (a split-W executor is future work).
+Gradient flows back only where the action list sends it: frozen-aware pruning happens in the
+plan, and the executor follows it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from amylum.data.batch import MultimodalBatch
+
+_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+_HEADER = 8  # dtype code, ndim, up to 6 dims
+
+
+def _header(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() > _HEADER - 2:
+        raise ValueError(f"cannot send a {t.dim()}-D tensor; at most {_HEADER - 2} dims")
+    h = torch.zeros(_HEADER, dtype=torch.int64)
+    h[0], h[1] = _DTYPES.index(t.dtype), t.dim()
+    h[2 : 2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    return h
+
+
+class PipelineExecutor:
+    """Executes one stage's action list each step.
+
+    Args:
+        stage: this rank's stage id; ``module``: its stage module (``build_stage``).
+        actions: the stage's action list (``Action(op, stage, mb, peer, data)``).
+        stage_ranks: stage id → global rank.
+        device: where activations live (CPU for gloo, the rank's GPU for NCCL).
+    """
+
+    def __init__(
+        self,
+        stage: int,
+        module: nn.Module,
+        actions: list,
+        stage_ranks: dict[int, int],
+        device="cpu",
+        tied_group: dist.ProcessGroup | None = None,
+    ):
+        self.stage, self.module, self.actions = stage, module, actions
+        self.tied_group = tied_group
+        self.stage_ranks, self.device = stage_ranks, torch.device(device)
+        for a in actions:
+            if a.stage != stage:
+                raise ValueError(f"action {a} belongs to stage {a.stage}, not {stage}")
+            if a.op in ("SEND", "RECV") and a.peer not in stage_ranks:
+                raise ValueError(f"action {a} names stage {a.peer}, which has no rank")
+        # Inputs need autograd only when a gradient is sent back for them.
+        self._grad_peers = {(a.mb, a.peer) for a in actions if a.op == "SEND" and a.data == "grad"}
+
+    # -- point to point ------------------------------------------------------------------
+    def _recv(self, peer: int) -> torch.Tensor:
+        src = self.stage_ranks[peer]
+        h = torch.empty(_HEADER, dtype=torch.int64)
+        dist.recv(h, src)
+        dtype, ndim = _DTYPES[int(h[0])], int(h[1])
+        buf = torch.empty([int(x) for x in h[2 : 2 + ndim]], dtype=dtype, device=self.device)
+        dist.recv(buf, src)
+        return buf
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self, microbatches: list[MultimodalBatch], num_items_in_batch=None) -> torch.Tensor | None:
+        """Run the action list over ``microbatches``; returns the summed loss on the last stage."""
+        inputs: dict[tuple[int, int], torch.Tensor] = {}
+        outputs: dict[int, torch.Tensor] = {}
+        grads: dict[int, torch.Tensor] = {}
+        pending: list = []
+        keep_alive: list[torch.Tensor] = []  # tensors of in-flight sends
+        loss_total = None
+        for a in self.actions:
+            if a.op == "RECV":
+                t = self._recv(a.peer)
+                if a.data == "act":
+                    if (a.mb, a.peer) in self._grad_peers and t.is_floating_point():
+                        t.requires_grad_(True)
+                    inputs[(a.mb, a.peer)] = t
+                else:
+                    grads[a.mb] = grads[a.mb] + t if a.mb in grads else t
+            elif a.op == "F":
+                received = {p: t for (mb, p), t in inputs.items() if mb == a.mb}
+                out = self.module(microbatches[a.mb], received, num_items_in_batch)
+                outputs[a.mb] = out
+                if out.dim() == 0:
+                    loss_total = out.detach() if loss_total is None else loss_total + out.detach()
+            elif a.op == "SEND":
+                if a.data == "act":
+                    t = outputs[a.mb]
+                else:
+                    x = inputs[(a.mb, a.peer)]
+                    t = x.grad if x.grad is not None else torch.zeros_like(x)  # unused input: zero gradient
+                t = t.detach().contiguous()
+                keep_alive.append(t)
+                pending += [dist.isend(_header(t), self.stage_ranks[a.peer]), dist.isend(t, self.stage_ranks[a.peer])]
+            elif a.op == "B":
+                out = outputs.pop(a.mb)
+                if out.requires_grad and out.numel() > 0:
+                    if out.dim() == 0:
+                        out.backward()
+                    else:
+                        torch.autograd.backward(out, grads.pop(a.mb).to(out.dtype))
+                else:
+                    grads.pop(a.mb, None)
+            elif a.op == "W":
+                pass
+            else:
+                raise ValueError(f"unknown action {a}")
+        for work in pending:
+            work.wait()
+        if self.tied_group is not None:
+            self._sync_tied()
+        return loss_total
+
+    def _sync_tied(self) -> None:
+        """Sum the tied input-embedding / LM-head gradient of the first and last LLM stages.
+
+        Both stages hold the same tied matrix; each sees only its own use of it (embedding on
+        the first, head on the last), and the true gradient is the sum of the two.
+        """
+        weight = self.module.model.llm.get_input_embeddings().weight
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        dist.all_reduce(weight.grad, group=self.tied_group)

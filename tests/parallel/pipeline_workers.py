@@ -1,0 +1,95 @@
+"""Pipeline workers: each rank runs one stage of a planner schedule; compared with one process."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
+
+from amylum.models import BranchFreeze, FreezeSpec, apply_freeze, build_preset  # noqa: E402
+from amylum.parallel.pipeline import LLM, PipelineExecutor, StageAssignment, build_stage, stage_graph_inputs  # noqa: E402
+from amylum.planner.schedule import StageGraph, build_schedule  # noqa: E402
+from amylum.planner.validate import check_schedule  # noqa: E402
+from model_batches import build_batch, random_inputs  # noqa: E402
+
+TOL = 2e-5
+
+LAYOUTS = {
+    # three ranks: each encoder on its own stage (modality parallel), the LLM whole on the third
+    "modality_parallel": [StageAssignment(0, "vision"), StageAssignment(1, "audio"), StageAssignment(2, LLM, (0, 2))],
+    # two ranks: encoders colocated with the first LLM stage; the LLM split 1 + 1 layers (tied embeddings)
+    "colocated_llm_split": [StageAssignment(0, LLM, (0, 1), ("vision", "audio")), StageAssignment(1, LLM, (1, 2))],
+}
+
+
+def _model():
+    torch.manual_seed(0)
+    model = build_preset("tiny-valm", vocab_size=64)
+    apply_freeze(
+        model,
+        FreezeSpec(llm="trainable", encoders={"vision": BranchFreeze("frozen", "trainable"), "audio": BranchFreeze("trainable", "trainable")}),
+    )
+    return model
+
+
+def _microbatches(model):
+    rows = [
+        [("m0", [("text", [3, 4], False), ("vision", 16), ("audio", 9), ("text", [5, 6, 7], True)])],
+        [("m1", [("text", [3, 8, 9, 10, 11], True)])],  # text only: encoder stages send empty features
+        [("m2", [("text", [3], False), ("audio", 5), ("text", [12, 13], True)])],
+        [("m3", [("text", [3], False), ("vision", 16), ("vision", 16), ("text", [14, 15, 16], True)])],
+    ]
+    gen = torch.Generator().manual_seed(3)
+    return [build_batch([r], ["vision", "audio"], random_inputs(model, gen)) for r in rows]
+
+
+def pipeline_worker(rank, world_size, layout):
+    assignments = LAYOUTS[layout]
+    model = _model()
+    ref = copy.deepcopy(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ref_params = dict(ref.named_parameters())
+    mbs = _microbatches(model)
+    count = sum(int((mb.labels[:, 1:] != -100).sum()) for mb in mbs)
+
+    inputs = stage_graph_inputs(assignments)
+    trainable = {a.stage: True for a in assignments}  # every stage here has trainable weights
+    graph = StageGraph(inputs=inputs, has_bwd=trainable, has_w=trainable)
+    schedule = build_schedule(graph, len(mbs), "1f1b")
+    check_schedule(schedule, len(mbs))
+
+    stage_module = build_stage(model, assignments, rank)
+    llm_stages = sorted((a for a in assignments if a.component == LLM), key=lambda a: a.layers[0])
+    tied_ranks = sorted({llm_stages[0].stage, llm_stages[-1].stage})
+    group = dist.new_group(tied_ranks)  # collective: every rank creates it
+    tied = group if len(tied_ranks) > 1 and rank in tied_ranks and model.llm.config.tie_word_embeddings else None
+    executor = PipelineExecutor(rank, stage_module, schedule[rank], {a.stage: a.stage for a in assignments}, tied_group=tied)
+
+    opt = torch.optim.AdamW([p for p in stage_module.parameters() if p.requires_grad], lr=1e-3)
+    ref_opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-3)
+    worst = 0.0
+    for _ in range(3):
+        ref_loss = sum(ref(mb, num_items_in_batch=count).loss for mb in mbs)
+        ref_loss.backward()
+        loss = executor.step(mbs, num_items_in_batch=count)
+        if loss is not None:
+            worst = max(worst, abs(float(loss) - float(ref_loss)))
+        for p in stage_module.parameters():
+            q = ref_params[names[id(p)]]
+            if q.grad is None:
+                assert p.grad is None, f"{names[id(p)]} got a gradient the reference did not"
+                continue
+            assert p.grad is not None, f"{names[id(p)]}: no gradient on stage {rank}"
+            diff = (p.grad - q.grad).abs().max().item()
+            assert diff < TOL, f"stage {rank}: {names[id(p)]} gradient differs by {diff}"
+            worst = max(worst, diff)
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad()
+        ref_opt.zero_grad()
+    return worst
