@@ -1,0 +1,107 @@
+"""Hooking amylum's attention into HF causal LMs: ``setup_llm_attention`` + ``attention_inputs``.
+
+The model calls ``setup_llm_attention(llm, backend)`` once; it registers amylum's functions
+with transformers' ``AttentionInterface`` (and, for decoding, HF's own SDPA mask builder with
+``AttentionMaskInterface``) and switches the LLM to them. Every forward then passes
+``**attention_inputs(batch, backend=...)`` to ``llm(inputs_embeds=..., position_ids=...)``:
+
+* ``reference``  → ``{"attention_mask": (B, 1, S, S) bool}``; HF passes a 4D mask through
+  untouched to every layer.
+* ``flex``       → ``{"attention_mask": BlockMask}``, likewise passed through.
+* ``decomposed`` → ``{"attention_mask": None, "amylum_mask": DecomposedMask}``; HF forwards
+  extra kwargs down to the attention function. HF builds no mask for multi-token forwards.
+* ``fast``       → the route the GPU benchmark picked (currently ``flex``).
+* ``hf``         → the model's own implementation: plain causal inputs (a 2D padding mask,
+  or nothing for packed rows, whose restarting ``position_ids`` HF detects itself).
+
+The mask is rebuilt from each batch: nothing about a batch is cached between calls.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backends import MASK_KWARG, decomposed_attention_fn, flex_attention_fn, reference_attention
+from .block_sparse import flex_block_mask
+from .decomposed import decomposed_mask
+from .dense import dense_mask
+from .mask import mask_spec
+
+FAST_ROUTE = "flex"  # picked by bench/attention.py numbers (docs/BENCHMARKS.md): flex ≥ decomposed everywhere
+BACKENDS = ("reference", "flex", "decomposed", "fast", "hf")
+IMPLEMENTATIONS = {
+    "reference": ("amylum_reference", reference_attention),
+    "flex": ("amylum_flex", flex_attention_fn),
+    "decomposed": ("amylum_decomposed", decomposed_attention_fn),
+}
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    return FAST_ROUTE if backend == "fast" else backend
+
+
+def _decode_only_sdpa_mask(*args, q_length: int, kv_length: int, q_offset=0, **kwargs):
+    """HF mask builder for the decomposed backend: only decoding needs HF's mask.
+
+    Multi-token forwards carry amylum's own O(S) mask, so building HF's (possibly O(S²),
+    e.g. for packed rows) mask there would only cost time and memory.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    if q_length > 1 and q_length == kv_length and isinstance(q_offset, int) and q_offset == 0:
+        return None
+    return sdpa_mask(*args, q_length=q_length, kv_length=kv_length, q_offset=q_offset, **kwargs)
+
+
+def register_attention() -> None:
+    """Register amylum's attention functions with transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    for backend, (name, fn) in IMPLEMENTATIONS.items():
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, _decode_only_sdpa_mask if backend == "decomposed" else sdpa_mask)
+
+
+def setup_llm_attention(llm, backend: str = "reference") -> None:
+    """Switch an HF causal LM to amylum's attention ``backend`` ("hf" leaves it untouched)."""
+    backend = resolve_backend(backend)
+    if backend == "hf":
+        return
+    register_attention()
+    name = IMPLEMENTATIONS[backend][0]
+    if hasattr(llm, "set_attn_implementation"):
+        llm.set_attn_implementation(name)
+    elif hasattr(llm, "config"):
+        llm.config._attn_implementation = name
+    else:
+        raise TypeError(f"{type(llm).__name__} is not an HF model (no set_attn_implementation or config)")
+    got = getattr(getattr(llm, "config", None), "_attn_implementation", name)
+    if got != name:
+        raise RuntimeError(f"{type(llm).__name__} kept attention implementation {got!r} instead of {name!r}")
+
+
+def attention_inputs(batch_or_tensors, *, mode: str = "multimodal", backend: str = "reference", **options) -> dict:
+    """Keyword arguments for ``llm(inputs_embeds=..., position_ids=..., **kwargs)`` for one batch.
+
+    ``batch_or_tensors``: a MultimodalBatch or any object with (B, S) ``sample_ids`` and
+    ``segment_ids``. Query length 1 (decoding) returns ``{}``: the plain path with HF's own mask.
+    ``options``: ``block_size`` for flex.
+    """
+    backend = resolve_backend(backend)
+    sample_ids = batch_or_tensors.sample_ids
+    if sample_ids.dim() != 2:
+        raise ValueError(f"sample_ids must be (batch, seq), got shape {tuple(sample_ids.shape)}")
+    if sample_ids.shape[1] == 1:
+        return {}
+    if backend == "hf":
+        packed = bool((sample_ids.amax(dim=1) > 0).any())
+        return {} if packed else {"attention_mask": (sample_ids >= 0).long()}
+    if backend == "reference":
+        return {"attention_mask": dense_mask(batch_or_tensors, mode)[:, None]}
+    spec = mask_spec(batch_or_tensors, mode)
+    if backend == "flex":
+        return {"attention_mask": flex_block_mask(spec, options.get("block_size", 128))}
+    return {"attention_mask": None, MASK_KWARG: decomposed_mask(spec)}
