@@ -1,0 +1,78 @@
+"""Baseline plans the benchmark compares against, simulated with the same cost model.
+
+- ``megatron``: frozen-unaware, layer-balanced pipelines with fixed stage counts per module,
+  e.g. (LLM, vision, audio) = (4, 2, 2), layers split evenly by count inside each module;
+- ``cornstarch``: Cornstarch's hand choice (5, 1, 1), layers split evenly inside each module;
+- ``colocated``: every encoder on the LLM's first stage (torchtitan style), LLM layers split evenly.
+
+Each uses one TP size for all modules (Cornstarch's limit) and DP = ⌊world / GPUs per replica⌋;
+TP, microbatch size, checkpointing (and for ``colocated`` the stage count) are the best of a small
+grid under the simulator, so a baseline is as strong as its fixed rule allows. Execution is the
+same frozen-aware runtime for everyone: only the planning differs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .cost import CostModel
+from .partition import even_partition
+from .search import ChainOption, build_plan
+from .simulate import SimResult, simulate
+from .spec import ClusterSpec, ModelSpec
+
+BASELINES = ("megatron", "cornstarch", "colocated")
+STAGE_COUNTS = {"megatron": (4, 2), "cornstarch": (5, 1)}  # (LLM, each encoder)
+
+
+def _chain_options(model: ModelSpec, kind: str, tp: int, llm_pp: int) -> tuple[str, list[ChainOption]] | None:
+    if kind == "colocated":
+        nb = sum(len(b.layers) for b in model.branches)
+        n = len(model.llm)
+        if llm_pp > n:
+            return None
+        e = even_partition(n, llm_pp)
+        bounds = (0,) + tuple(nb + x for x in e[1:])
+        return "colocated" if model.branches else "modality_parallel", [
+            ChainOption("colocated" if model.branches else "llm", tp, llm_pp, bounds, [])]
+    llm_p, enc_p = STAGE_COUNTS[kind]
+    opts = []
+    for b in model.branches:
+        if enc_p > len(b.layers):
+            return None
+        opts.append(ChainOption(b.name, tp, enc_p, even_partition(len(b.layers), enc_p), []))
+    opts.append(ChainOption("llm", tp, llm_p, even_partition(len(model.llm), llm_p), []))
+    return "modality_parallel", opts
+
+
+def baseline_plan(model: ModelSpec, cluster: ClusterSpec, global_batch: int, kind: str,
+                  tp_choices=(1, 2, 4, 8), mb_choices=(1, 2), colocated_pp=(1, 2, 4, 8)):
+    """The best plan the baseline's rule allows, and its simulation; None if nothing fits."""
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; choose from {BASELINES}")
+    world = cluster.world_size
+    best: tuple[SimResult, object] | None = None
+    pps = colocated_pp if kind == "colocated" else (None,)
+    cms = {ck: CostModel(cluster, checkpointing=ck) for ck in (False, True)}
+    for tp in tp_choices:
+        if tp > cluster.gpus_per_node:
+            continue
+        for pp in pps:
+            built = _chain_options(model, kind, tp, pp or 1)
+            if built is None:
+                continue
+            placement, opts = built
+            R = sum(o.gpus for o in opts)
+            if R > world:
+                continue
+            for mb in mb_choices:
+                dp = min(world // R, max(1, global_batch // mb))
+                m = math.ceil(global_batch / (dp * mb))
+                for ck in (False, True):
+                    plan = build_plan(model, opts, placement, dp, mb, m, global_batch, ck, "1f1b")
+                    sim = simulate(plan, model, cluster, cost_model=cms[ck], validate=False)
+                    if sim.fits:
+                        if best is None or sim.iteration_s < best[0].iteration_s:
+                            best = (sim, plan)
+                        break  # checkpointing only where the plain plan does not fit
+    return None if best is None else (best[1], best[0])

@@ -1,0 +1,343 @@
+"""Outer search: per-module pipeline stages and TP, placement, microbatching, DP.
+
+For every microbatch size, checkpointing choice and LLM (tp, stages), each chain is partitioned
+optimally (partition.py). Modality-parallel plans give each branch its own stages; for each branch
+only the Pareto front of (GPUs, bottleneck time) over its (tp, stages) is kept, so combining
+branches stays small. Colocated plans put the branches at the head of the LLM's chain. Each
+combination gets DP = ⌊world / GPUs per replica⌋ and an analytic 1F1B estimate
+(m − 1)·max stage + longest path + DP sync; the best few are simulated with the real schedule and
+the fastest one that fits in memory wins. Memory is checked per stage in the partition (with an
+estimate of DP) and again, exactly, in the simulation.
+
+Shared DP: every replica holds all modules (as in Cornstarch), so DP is one degree for the model;
+per-module DP would need microbatch re-routing between modules and is not searched.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+from .cost import CostModel, StageCost, grad_needs
+from .partition import ChainSolver
+from .plan import Plan, StagePlan, assign_ranks
+from .simulate import SimResult, simulate
+from .spec import ClusterSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    tp_choices: tuple[int, ...] = (1, 2, 4, 8)
+    mb_choices: tuple[int, ...] = (1, 2)
+    llm_pp_choices: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40)
+    branch_pp_max: int = 8
+    placements: tuple[str, ...] = ("modality_parallel", "colocated")
+    checkpointing: tuple[bool, ...] = (False, True)
+    schedule: str = "1f1b"
+    pareto_points: int = 6  # per branch, nearest the LLM's bottleneck
+    simulate_top: int = 8  # candidates that fit in memory to simulate, best estimates first
+    spare_factor: int = 4  # estimates kept per simulated slot
+
+
+@dataclass
+class ChainOption:
+    chain: str
+    tp: int
+    p: int
+    bounds: tuple[int, ...]
+    costs: list[StageCost]
+
+    @property
+    def gpus(self) -> int:
+        return self.p * self.tp
+
+    @property
+    def w(self) -> list[float]:
+        return [c.total for c in self.costs]
+
+    @property
+    def bottleneck(self) -> float:
+        return max(self.w)
+
+
+@dataclass
+class SearchResult:
+    plan: Plan
+    sim: SimResult
+    seconds: float
+    partitions: int  # chain partitions solved
+    estimated: int  # combinations estimated analytically
+    simulated: int
+    rejected_memory: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class _Ctx:
+    """State of one search call (memo tables live here, never globally)."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, global_batch: int, opts: SearchOptions, profile):
+        self.model, self.cluster, self.B, self.opts, self.profile = model, cluster, global_batch, opts, profile
+        self.needs = grad_needs(model)
+        self.cms = {ck: CostModel(cluster, profile, checkpointing=ck) for ck in opts.checkpointing}
+        self.memo: dict = {}
+        self.solvers: dict = {}
+        self.per_layer: dict = {}
+        self.partitions = 0
+
+    def chain_layers(self, chain: str):
+        if chain == "colocated":
+            return [l for b in self.model.branches for l in b.layers] + list(self.model.llm)
+        return list(self.model.chain(chain))
+
+    def solver(self, chain: str, tp: int, mb: int, ck: bool):
+        """Per-layer costs and segment matrices of a chain; independent of stage count and DP."""
+        key = (chain, tp, mb, ck)
+        if key not in self.solvers:
+            cm = self.cms[ck]
+            layers = self.chain_layers(chain)
+            times, cut, wg, opt, act, trans = [], [], [], [], [], []
+            for i, l in enumerate(layers):
+                nd = self.needs[l.name]
+                f, b, w = cm.layer_times(l, nd, mb, tp)
+                times.append(f + b + w)
+                s_wg, s_opt = cm.static_parts([l], self.needs, tp)
+                wg.append(s_wg)
+                opt.append(s_opt)
+                act.append(cm.layer_act_bytes(l, nd, mb, tp))
+                trans.append(mb * l.tokens * l.act_bytes / tp)
+                t = cm.p2p_time(mb * l.out_bytes / tp, inter=True)
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                if nxt is not None and self.needs[nxt.name].igrad:
+                    t *= 2  # the gradient comes back across the same cut
+                cut.append(t)
+            per = [cm.stage_cost([l], self.needs, mb, tp, 1) for l in layers]
+            self.per_layer[key] = (per, wg, opt)
+            self.solvers[key] = (layers, ChainSolver(times, cut, wg, act, trans, self.cluster.gpu.memory_bytes,
+                                                     base_mem=self.cluster.reserved_bytes, optim_mem=opt))
+        return self.solvers[key]
+
+    def stage(self, chain: str, tp: int, mb: int, ck: bool, a: int, b: int, dp: int) -> StageCost:
+        """Stage cost of layers [a, b) from the cached per-layer costs (same sums as stage_cost)."""
+        per, wg, opt = self.per_layer[(chain, tp, mb, ck)]
+        seg = per[a:b]
+        return StageCost(f=sum(c.f for c in seg), b=sum(c.b for c in seg), w=sum(c.w for c in seg),
+                         act_bytes=sum(c.act_bytes for c in seg),
+                         transient_bytes=max(c.transient_bytes for c in seg),
+                         static_bytes=self.cluster.reserved_bytes + sum(wg[a:b]) + sum(opt[a:b]) / dp,
+                         grad_bytes=sum(c.grad_bytes for c in seg), out_bytes=seg[-1].out_bytes,
+                         has_bwd=any(c.has_bwd for c in seg), has_w=any(c.has_w for c in seg))
+
+    def option(self, chain: str, tp: int, p: int, mb: int, ck: bool, offset: int = 0,
+               other_gpus: int = 0) -> ChainOption | None:
+        """Optimal partition of ``chain`` into ``p`` stages of ``tp`` GPUs.
+
+        ``offset`` is the number of stages downstream of the chain (the LLM's, for a branch): it
+        sets how many microbatches each stage keeps under 1F1B. DP and the microbatch count are
+        not known until every chain is chosen, so the partition uses the DP this chain would get
+        next to ``other_gpus`` GPUs per replica (an upper bound: optimistic optimizer sharding,
+        re-checked exactly by the simulation, which rejects a plan that does not fit).
+        """
+        if ck and False in self.cms and self.option(chain, tp, p, mb, False, offset, other_gpus) is not None:
+            # checkpointing only trades time for memory: try it where the plain plan does not fit
+            return None
+        layers, solver = self.solver(chain, tp, mb, ck)
+        if not solver.has_act:
+            offset = 0  # nothing is kept for backward: stage position does not change memory
+        elif offset > 0:
+            # round the downstream depth up to a power of two: more microbatches in flight than
+            # the real schedule keeps, so memory stays safe, and far fewer distinct problems
+            offset = 1 << (offset - 1).bit_length()
+        key = (chain, tp, p, mb, ck, offset, other_gpus)
+        if key in self.memo:
+            return self.memo[key]
+        res = None
+        world = self.cluster.world_size
+        if p <= len(layers) and p * tp + other_gpus <= world:
+            dp = min(world // (p * tp + other_gpus), max(1, self.B // mb))
+            m = math.ceil(self.B / (dp * mb))
+            self.partitions += 1
+            part = solver.solve(_inflight(p, offset, m, self.opts.schedule), m, dp)
+            if part is not None:
+                costs = [self.stage(chain, tp, mb, ck, a, b, dp) for a, b in zip(part.bounds, part.bounds[1:])]
+                res = ChainOption(chain, tp, p, part.bounds, costs)
+        self.memo[key] = res
+        return res
+
+
+def _inflight(p: int, offset: int, m: int, schedule: str) -> tuple[int, ...]:
+    if schedule == "gpipe":
+        return tuple([m] * p)
+    return tuple(min(m, p - s + offset) for s in range(p))
+
+
+def _pareto(options: list[ChainOption]) -> list[ChainOption]:
+    """Options not beaten on both GPUs and bottleneck."""
+    front: list[ChainOption] = []
+    for o in sorted(options, key=lambda o: (o.gpus, o.bottleneck)):
+        if not front or o.bottleneck < front[-1].bottleneck:
+            front.append(o)
+    return front
+
+
+def _nearest(front: list[ChainOption], target: float, k: int) -> list[ChainOption]:
+    # keep the cheapest options that keep up with the LLM, plus the few just below/above it
+    ranked = sorted(front, key=lambda o: abs(math.log(max(o.bottleneck, 1e-12) / max(target, 1e-12))))
+    return ranked[:k]
+
+
+def build_plan(model: ModelSpec, options: list[ChainOption], placement: str, dp: int, mb: int, m: int,
+               global_batch: int, ck: bool, schedule: str) -> Plan:
+    """Stages from chain options; branches first, the LLM chain (or colocated chain) last."""
+    stages: list[StagePlan] = []
+    ends: list[int] = []
+    chains = {o.chain: o for o in options}
+    layer_lists = {}
+    for o in options:
+        if o.chain == "colocated":
+            layer_lists[o.chain] = [l for b in model.branches for l in b.layers] + list(model.llm)
+        else:
+            layer_lists[o.chain] = list(model.chain(o.chain))
+    order = [b.name for b in model.branches if b.name in chains] + [c for c in ("llm", "colocated") if c in chains]
+    for name in order:
+        o = chains[name]
+        ls = layer_lists[name]
+        for s, (a, b) in enumerate(zip(o.bounds, o.bounds[1:])):
+            ins = (len(stages) - 1,) if s > 0 else ()
+            if name == "llm" and a <= model.merge_index < b:
+                ins = ins + tuple(ends)  # the stage that scatters modality features receives every branch
+            stages.append(StagePlan(id=len(stages), chain=name, layers=tuple(l.name for l in ls[a:b]), tp=o.tp,
+                                    inputs=ins))
+        if name not in ("llm", "colocated"):
+            ends.append(len(stages) - 1)
+    ranks = assign_ranks([s.tp for s in stages], dp)
+    stages = [replace(s, ranks=r) for s, r in zip(stages, ranks)]
+    R = sum(s.tp for s in stages)
+    return Plan(model=model.name, placement=placement, dp=dp, microbatch_size=mb, num_microbatches=m,
+                global_batch=global_batch, stages=tuple(stages), schedule=schedule, checkpointing=ck,
+                world_size=R * dp)
+
+
+def _estimate(opts: list[ChainOption], m: int, dp: int, cm: CostModel, llm_chain: str) -> float:
+    w = [x for o in opts for x in o.w]
+    branch_path = max([sum(o.w) for o in opts if o.chain != llm_chain], default=0.0)
+    llm = next(o for o in opts if o.chain == llm_chain)
+    path = branch_path + sum(llm.w)
+    sync = max(cm.dp_sync_time(c, dp, o.tp) for o in opts for c in o.costs)
+    return (m - 1) * max(w) + path + sync
+
+
+def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: SearchOptions | None = None,
+           profile=None) -> SearchResult:
+    """The fastest plan (simulated) that fits in memory; raises ValueError when nothing fits."""
+    t0 = time.perf_counter()
+    opts = options or SearchOptions()
+    if global_batch < 1:
+        raise ValueError(f"global batch must be >= 1, got {global_batch}")
+    ctx = _Ctx(model, cluster, global_batch, opts, profile)
+    world = cluster.world_size
+    tps = [t for t in opts.tp_choices if t <= cluster.gpus_per_node]
+    cands: list[tuple[float, int, tuple]] = []  # heap of (-estimate, tiebreak, candidate), best kept
+    estimated = 0
+
+    def push(est, cand):
+        nonlocal estimated
+        estimated += 1
+        item = (-est, estimated, cand)
+        # keep spares: a candidate whose memory estimate was optimistic fails the exact check
+        if len(cands) < opts.simulate_top * opts.spare_factor:
+            heapq.heappush(cands, item)
+        elif -est > cands[0][0]:
+            heapq.heapreplace(cands, item)
+
+    def dims(gpus_per_rep: int, mb: int):
+        dp = min(world // gpus_per_rep, max(1, global_batch // mb))
+        if dp < 1:
+            return None
+        return dp, math.ceil(global_batch / (dp * mb))
+
+    for mb in opts.mb_choices:
+        if mb > global_batch:
+            continue
+        for ck in opts.checkpointing:
+            cm = ctx.cms[ck]
+            for placement in opts.placements:
+                llm_chain = "colocated" if placement == "colocated" else "llm"
+                if placement == "colocated" and not model.branches:
+                    continue
+                n_llm = len(ctx.chain_layers(llm_chain))
+                for tp in tps:
+                    for p in opts.llm_pp_choices:
+                        if p > n_llm or p * tp > world:
+                            continue
+                        # branches need at least one GPU each next to the LLM
+                        llm = ctx.option(llm_chain, tp, p, mb, ck, 0,
+                                         0 if placement == "colocated" else len(model.branches))
+                        if llm is None:
+                            continue
+                        if placement == "colocated" or not model.branches:
+                            dp, m = dims(llm.gpus, mb)
+                            push(_estimate([llm], m, dp, cm, llm_chain), (placement, [llm], mb, ck))
+                            continue
+                        fronts = []
+                        for br in model.branches:
+                            bopts = []
+                            for btp in tps:
+                                for bp in range(1, min(opts.branch_pp_max, len(br.layers)) + 1):
+                                    o = ctx.option(br.name, btp, bp, mb, ck, p, 1)
+                                    if o is not None:
+                                        bopts.append(o)
+                            front = _nearest(_pareto(bopts), llm.bottleneck, opts.pareto_points)
+                            if not front:
+                                break
+                            fronts.append(front)
+                        if len(fronts) != len(model.branches):
+                            continue
+                        for combo in _product(fronts):
+                            R = llm.gpus + sum(o.gpus for o in combo)
+                            if R > world:
+                                continue
+                            dp, m = dims(R, mb)
+                            push(_estimate(list(combo) + [llm], m, dp, cm, "llm"),
+                                 (placement, list(combo) + [llm], mb, ck))
+    if not cands:
+        raise ValueError(f"no plan fits: model {model.name} on {world} x {cluster.gpu.name} "
+                         f"({cluster.gpu.memory_bytes / 1e9:.0f} GB each) with global batch {global_batch}; "
+                         f"every partition exceeded memory")
+    best: tuple[SimResult, Plan] | None = None
+    rejected = 0
+    simulated = 0
+    for _neg, _i, (placement, chosen, mb, ck) in sorted(cands, key=lambda c: -c[0]):
+        R = sum(o.gpus for o in chosen)
+        dp, m = dims(R, mb)
+        plan = build_plan(model, chosen, placement, dp, mb, m, global_batch, ck, opts.schedule)
+        if simulated - rejected >= opts.simulate_top:
+            break  # enough candidates that fit were simulated
+        sim = simulate(plan, model, cluster, profile, cost_model=ctx.cms[ck], validate=False)
+        simulated += 1
+        if not sim.fits:
+            rejected += 1
+            continue
+        if best is None or sim.iteration_s < best[0].iteration_s:
+            best = (sim, plan)
+    if best is None:
+        raise ValueError(f"no plan fits in memory after simulation: model {model.name} on {world} GPUs; "
+                         f"{rejected} candidates exceeded {cluster.gpu.memory_bytes / 1e9:.0f} GB")
+    sim, plan = best
+    # candidates skip validation for speed; the winner's schedule is checked before it is returned
+    sim = simulate(plan, model, cluster, profile, cost_model=ctx.cms[plan.checkpointing], validate=True)
+    plan = replace(plan, notes={"iteration_s": sim.iteration_s, "bubble_fraction": sim.bubble_fraction,
+                                "peak_mem_gb": sim.max_peak_mem / 1e9, "gpus_used": plan.world_size,
+                                "gpus_available": world})
+    return SearchResult(plan=plan, sim=sim, seconds=time.perf_counter() - t0, partitions=ctx.partitions,
+                        estimated=estimated, simulated=simulated, rejected_memory=rejected)
+
+
+def _product(fronts):
+    if not fronts:
+        yield ()
+        return
+    for o in fronts[0]:
+        for rest in _product(fronts[1:]):
+            yield (o,) + rest

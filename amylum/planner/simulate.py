@@ -1,0 +1,132 @@
+"""Simulate a plan: iteration time, per-stage/rank busy and idle, bubble fraction, peak memory.
+
+The plan's schedule is generated, validated and replayed on the cost model. Iteration time is
+the latest stage finish plus that stage's DP gradient all-reduce (not overlapped: conservative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cost import CostModel, StageCost, grad_needs
+from .plan import Plan
+from .replay import Trace, replay
+from .schedule import Action, StageGraph, build_schedule
+from .spec import ClusterSpec, ModelSpec
+from .validate import ScheduleError, schedule_errors
+
+
+@dataclass
+class SimResult:
+    iteration_s: float
+    busy_s: dict[int, float]
+    idle_s: dict[int, float]
+    dp_sync_s: dict[int, float]
+    peak_mem: dict[int, float]
+    bubble_fraction: float
+    stage_gpus: dict[int, int]
+    trace: Trace
+    schedule: dict[int, list[Action]] = field(repr=False, default_factory=dict)
+    mem_limit: float = 0.0
+
+    @property
+    def max_peak_mem(self) -> float:
+        return max(self.peak_mem.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.max_peak_mem <= self.mem_limit
+
+    def per_rank(self, plan: Plan) -> dict[int, dict]:
+        out = {}
+        for st in plan.stages:
+            for rep in st.ranks:
+                for r in rep:
+                    out[r] = {"stage": st.id, "busy_s": self.busy_s[st.id], "idle_s": self.idle_s[st.id],
+                              "peak_mem": self.peak_mem[st.id]}
+        return out
+
+
+def stage_costs(plan: Plan, model: ModelSpec, cm: CostModel) -> dict[int, StageCost]:
+    by_name = {l.name: l for l in model.all_layers()}
+    needs = grad_needs(model)
+    out = {}
+    for st in plan.stages:
+        unknown = [n for n in st.layers if n not in by_name]
+        if unknown:
+            raise ValueError(f"stage {st.id}: layers {unknown[:5]} are not in model {model.name}")
+        out[st.id] = cm.stage_cost([by_name[n] for n in st.layers], needs, plan.microbatch_size, st.tp, plan.dp)
+    return out
+
+
+def stage_graph(plan: Plan, costs: dict[int, StageCost]) -> StageGraph:
+    """The stage DAG with who runs backward.
+
+    A stage downstream of one with backward work must run a (possibly empty) backward to relay
+    gradients: in a colocated chain a frozen audio encoder's stage sits between the vision
+    projector and the LLM and passes the projector's features, and their gradients, through.
+    """
+    inputs = {s.id: tuple(s.inputs) for s in plan.stages}
+    bwd = {s: c.has_bwd for s, c in costs.items()}
+    changed = True
+    while changed:  # fixpoint: plans written by hand need not list stages in topological order
+        changed = False
+        for s, ins in inputs.items():
+            if not bwd[s] and any(bwd[p] for p in ins):
+                bwd[s] = changed = True
+    return StageGraph(inputs=inputs, has_bwd=bwd, has_w={s: c.has_w for s, c in costs.items()})
+
+
+def _crosses_nodes(plan: Plan, a: int, b: int, cluster: ClusterSpec) -> bool:
+    ra, rb = plan.stage(a).ranks, plan.stage(b).ranks
+    if not ra or not rb:
+        return plan.gpus_per_replica * plan.dp > cluster.gpus_per_node
+    g = cluster.gpus_per_node
+    return any(x[0] // g != y[0] // g for x, y in zip(ra, rb))
+
+
+def simulate(plan: Plan, model: ModelSpec, cluster: ClusterSpec, profile=None,
+             cost_model: CostModel | None = None, validate: bool = True) -> SimResult:
+    cm = cost_model or CostModel(cluster, profile, checkpointing=plan.checkpointing)
+    costs = stage_costs(plan, model, cm)
+    g = stage_graph(plan, costs)
+    sched = build_schedule(g, plan.num_microbatches, plan.schedule, plan.split_w)
+    errs = schedule_errors(sched, plan.num_microbatches) if validate else []
+    if errs:  # generated schedules are valid by construction; this guards the generator
+        raise ScheduleError("generated schedule is invalid:\n  " + "\n  ".join(errs))
+    stages = {st.id: st for st in plan.stages}
+    inter = {}
+    for st in plan.stages:
+        for p in st.inputs:
+            inter[(p, st.id)] = inter[(st.id, p)] = _crosses_nodes(plan, p, st.id, cluster)
+
+    def duration(s: int, op: str) -> float:
+        c = costs[s]
+        if op == "F":
+            return c.f
+        if op == "B":
+            return c.b if plan.split_w else c.b + c.w
+        return c.w
+
+    def transfer(src: int, dst: int, data: str) -> float:
+        # gradients have the shape of the activations they flow back through
+        nbytes = costs[src].out_bytes if data == "act" else costs[dst].out_bytes
+        return cm.p2p_time(nbytes / stages[src].tp, inter[(src, dst)])
+
+    def last_bwd(s: int) -> str:
+        return "W" if plan.split_w and costs[s].has_w else "B"
+
+    tr = replay(sched, duration, transfer, last_bwd)
+    sync = {s: cm.dp_sync_time(c, plan.dp, stages[s].tp) for s, c in costs.items()}
+    T = max(tr.end[s] + sync[s] for s in costs)
+    busy = {s: 0.0 for s in costs}
+    for s, _op, _mb, a, b in tr.events:
+        busy[s] += b - a
+    idle = {s: T - busy[s] for s in costs}
+    gpus = {st.id: st.tp for st in plan.stages}
+    total = sum(gpus.values())
+    bubble = 1.0 - sum(busy[s] * gpus[s] for s in costs) / (T * total) if T > 0 else 0.0
+    peak = {s: c.static_bytes + tr.max_inflight[s] * c.act_bytes + c.transient_bytes for s, c in costs.items()}
+    return SimResult(iteration_s=T, busy_s=busy, idle_s=idle, dp_sync_s=sync, peak_mem=peak,
+                     bubble_fraction=bubble, stage_gpus=gpus, trace=tr, schedule=sched,
+                     mem_limit=cluster.gpu.memory_bytes)

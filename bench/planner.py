@@ -1,0 +1,123 @@
+"""Planner benchmark (simulation): amylum's plan vs three baselines on Cornstarch's model grid.
+
+For every model (VLM/ALM/VALM × small/medium/large), freezing scenario and GPU count, the
+planner's plan and each baseline's best plan are simulated with the same cost model and schedule
+simulator; the table prints iteration times and ratios (baseline time / amylum time, > 1 means
+amylum is faster). Then it times planning on 1,024 GPUs.
+
+    python bench/planner.py                     # full grid: 9 models x 3 scenarios x (16, 32, 64) H100s
+    python bench/planner.py --models VLM-small --gpus 16 --scenarios projector_only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+from amylum.planner.baselines import BASELINES, baseline_plan
+from amylum.planner.presets import GRID, preset_model
+from amylum.planner.search import search
+from amylum.planner.spec import FREEZING_SCENARIOS, ClusterSpec, freeze
+
+SHORT = {"projector_only": "a:proj", "frozen_encoders": "b:llm+proj", "all_trainable": "c:all"}
+
+
+def cell(model, cluster, batch):
+    t0 = time.perf_counter()
+    try:
+        res = search(model, cluster, batch)
+        ours, plan = res.sim.iteration_s, res.plan
+    except ValueError:
+        ours, plan = None, None
+    secs = time.perf_counter() - t0
+    base = {}
+    for kind in BASELINES:
+        b = baseline_plan(model, cluster, batch, kind)
+        base[kind] = None if b is None else b[1].iteration_s
+    return ours, plan, secs, base
+
+
+def describe(plan) -> str:
+    if plan is None:
+        return "-"
+    by_chain: dict[str, list[int]] = {}
+    for s in plan.stages:
+        by_chain.setdefault(s.chain, []).append(s.tp)
+    parts = [f"{c[:3]}{len(t)}x{t[0]}" for c, t in by_chain.items()]
+    return f"{'MP' if plan.placement == 'modality_parallel' else 'CO'} {'/'.join(parts)} dp{plan.dp} mb{plan.microbatch_size}" \
+           f"{' ck' if plan.checkpointing else ''}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=[m for m in GRID if m != "tiny"])
+    ap.add_argument("--scenarios", nargs="+", default=list(FREEZING_SCENARIOS), choices=FREEZING_SCENARIOS)
+    ap.add_argument("--gpus", nargs="+", type=int, default=[16, 32, 64])
+    ap.add_argument("--global-batch", type=int, default=96)
+    ap.add_argument("--scale-gpus", type=int, default=1024, help="GPU count for the planning-time check (0: skip)")
+    args = ap.parse_args(argv)
+
+    hdr = (f"{'model':<12} {'freeze':<11} {'gpus':>4} {'amylum s':>9} {'megatron':>9} {'cornst.':>9} {'coloc.':>9} "
+           f"{'best/ours':>9} {'plan s':>6}  amylum plan")
+    print(hdr)
+    ratios, worst, only_ours, none_fit, slower = [], {k: math.inf for k in BASELINES}, 0, 0, []
+    for name in args.models:
+        base_model = preset_model(name)
+        for sc in args.scenarios:
+            model = freeze(base_model, sc)
+            for g in args.gpus:
+                ours, plan, secs, base = cell(model, ClusterSpec.of(g), args.global_batch)
+                fits = [v for v in base.values() if v is not None]
+                fmt = lambda v: f"{v:9.2f}" if v is not None else f"{'OOM':>9}"
+                r = ""
+                if ours is not None and fits:
+                    best = min(fits)
+                    ratios.append(best / ours)
+                    r = f"{best / ours:9.2f}"
+                    for k, v in base.items():
+                        if v is not None:
+                            worst[k] = min(worst[k], v / ours)
+                            if v < ours * (1 - 1e-9):
+                                slower.append((name, sc, g, k, v / ours))
+                elif ours is not None:
+                    only_ours += 1
+                    r = f"{'only us':>9}"
+                elif not fits:
+                    none_fit += 1
+                    r = f"{'none fit':>9}"
+                else:
+                    slower.append((name, sc, g, "all", 0.0))
+                    r = f"{'WE OOM':>9}"
+                print(f"{name:<12} {SHORT[sc]:<11} {g:>4} {fmt(ours)} {fmt(base['megatron'])} "
+                      f"{fmt(base['cornstarch'])} {fmt(base['colocated'])} {r} {secs:6.2f}  {describe(plan)}")
+                sys.stdout.flush()
+    print()
+    if ratios:
+        print(f"cells compared: {len(ratios)}; amylum alone fits: {only_ours}; nothing fits: {none_fit}")
+        print(f"speed-up over the best baseline: mean {statistics.mean(ratios):.3f}x, "
+              f"geomean {math.exp(statistics.mean(math.log(r) for r in ratios)):.3f}x, "
+              f"min {min(ratios):.3f}x, max {max(ratios):.3f}x")
+        print("worst ratio per baseline (baseline time / amylum time): "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in worst.items() if v < math.inf))
+        print("cells where a baseline is faster: " + (", ".join(f"{c}" for c in slower) if slower else "none"))
+        met = statistics.mean(ratios) >= 1.3 and not slower
+        print(f"target (mean >= 1.3x over best baseline, never slower): {'MET' if met else 'NOT MET'}")
+    if args.scale_gpus:
+        print()
+        for name in ("VALM-large", "VLM-large"):
+            for sc in ("projector_only", "all_trainable"):
+                model = freeze(preset_model(name), sc)
+                t0 = time.perf_counter()
+                res = search(model, ClusterSpec.of(args.scale_gpus), args.scale_gpus)
+                dt = time.perf_counter() - t0
+                print(f"planning {name} {sc} on {args.scale_gpus} H100s (global batch {args.scale_gpus}): {dt:.2f} s, "
+                      f"{res.partitions} partitions, {res.estimated} estimated, {res.simulated} simulated -> "
+                      f"{res.sim.iteration_s:.2f} s/iter, {describe(res.plan)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
