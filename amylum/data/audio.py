@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from amylum.data.errors import BAD_AUDIO, MISSING_FILE, UNREADABLE_FILE, DataError
@@ -26,6 +25,9 @@ def load_audio(path: str | Path, sampling_rate: int, record_id: str = "?") -> np
     path = Path(path)
     if not path.is_file():
         raise DataError(record_id, f"audio file {str(path)!r} does not exist", MISSING_FILE)
+    # Imported here so that importing amylum.data (e.g. for MultimodalBatch) needs no libsndfile.
+    import soundfile as sf
+
     try:
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except PermissionError as e:

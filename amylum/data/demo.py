@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soundfile as sf
 from PIL import Image
 
 from amylum.data.chat import ChatTemplate
@@ -173,6 +172,8 @@ class _Generator:
 
     def audio(self, rid: str, k: int, d: int, rng: np.random.Generator) -> str:
         rel = f"audio/{rid}_{k}.wav"
+        import soundfile as sf  # lazily: only demo generation writes audio
+
         sf.write(self.root / rel, synth_digit_audio(d, rng, self.sr, self.audio_seconds), self.sr, subtype="PCM_16")
         return rel
 

@@ -1,0 +1,5 @@
+import sys
+
+from amylum.cli import main
+
+sys.exit(main())

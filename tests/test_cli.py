@@ -1,0 +1,72 @@
+"""The `amylum` command: help, config errors, and a smoke run of train → export → report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from amylum.cli import build_parser, main
+
+
+def _run(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "amylum", *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_lists_commands():
+    out = _run("--help").stdout
+    for cmd in ("train", "export", "report", "plan", "simulate", "eval"):
+        assert cmd in out
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+    assert "[training]" in capsys.readouterr().out  # train's help is the config reference
+
+
+def test_print_config(capsys):
+    assert main(["train", "--print-config", "--training.steps=5", "--model.preset", "tiny-valm"]) == 0
+    out = capsys.readouterr().out
+    assert "steps = 5" in out and 'preset = "tiny-valm"' in out
+
+
+def test_config_error_exits_2_with_a_message():
+    proc = _run("train", "--training.stepz=5", check=False)
+    assert proc.returncode == 2
+    assert "unknown key training.stepz" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_argument_of_other_commands_is_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", "somewhere", "--training.lr=1"])
+    assert e.value.code == 2
+
+
+def test_train_export_report_smoke(tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "train", f"--job.run_dir={run}", "--training.steps=4", "--training.warmup_steps=1",
+        "--training.batch_size=4", "--data.n_train=16", "--data.n_eval=4", "--eval.every=2",
+        "--checkpoint.every=2", "--metrics.log_every=1", "--metrics.progress_bar=false",
+    ]
+    assert main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["completed"] and summary["steps"] == 4 and "accuracy" in summary["eval"]
+    for name in ("config.toml", "metrics.jsonl", "report.md", "plots/loss.png", "export/amylum.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000002", "step-00000004"]
+    # Running again resumes at the end: nothing to do, same result.
+    assert main(args) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "llm" / "config.json").is_file()
+    assert main(["report", str(run)]) == 0
