@@ -50,9 +50,8 @@ def timed(step, n=10, warm=4):
 def main():
     variants = {
         "default (flex, compile, chunk 2048)": {},
-        "chunk 8192": {"chunk": 8192},
         "decomposed attention": {"backend": "decomposed"},
-        "no compile": {"compile_": False},
+        "decomposed, no compile": {"backend": "decomposed", "compile_": False},
     }
     for name, kw in variants.items():
         try:
@@ -64,7 +63,7 @@ def main():
         del model, step
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, step = setup()
+    model, step = setup(backend="decomposed")
     timed(step, n=2)
     from torch.profiler import ProfilerActivity, profile
 

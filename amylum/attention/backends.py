@@ -84,6 +84,11 @@ def flex_attention_fn(module, query, key, value, attention_mask, dropout: float 
     return out.transpose(1, 2).contiguous(), None
 
 
+# The decomposed route calls flash kernels directly and does its own LSE merge in eager code;
+# inside a compiled transformer block dynamo cannot trace it, so it runs as a graph break.
+_decomposed_eager = torch.compiler.disable(decomposed_attention)
+
+
 def decomposed_attention_fn(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """Causal flash over each sample + flash over every segment's future keys, merged by LSE."""
     mask = kwargs.get(MASK_KWARG)
@@ -104,5 +109,5 @@ def decomposed_attention_fn(module, query, key, value, attention_mask, dropout: 
     q = query.transpose(1, 2).reshape(B * S, H, D)
     k = key.transpose(1, 2).reshape(B * S, key.shape[1], D)
     v = value.transpose(1, 2).reshape(B * S, value.shape[1], value.shape[3])
-    out = decomposed_attention(q, k, v, mask, scale)
+    out = _decomposed_eager(q, k, v, mask, scale)
     return out.view(B, S, H, value.shape[3]), None
