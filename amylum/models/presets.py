@@ -206,6 +206,9 @@ def build_preset(
     return MultimodalLM(llm, encoders, attention_backend=attention_backend, mask_mode=mask_mode)
 
 
+_DUAL_TOWER = ("clip", "siglip")
+
+
 def build_from_parts(
     llm_path: str,
     encoders: dict[str, dict],
@@ -228,5 +231,8 @@ def build_from_parts(
         if path is None:
             raise ValueError(f"encoder {modality!r} needs a 'path'")
         encoder = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+        if getattr(encoder.config, "model_type", None) in _DUAL_TOWER and hasattr(encoder, "vision_model"):
+            # A full CLIP/SigLIP checkpoint: an MLLM uses only its vision tower.
+            encoder = encoder.vision_model
         built[modality] = ModalityEncoder.build(encoder, hidden, **spec)
     return MultimodalLM(llm, built, attention_backend=attention_backend, mask_mode=mask_mode)
