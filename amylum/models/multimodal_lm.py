@@ -173,19 +173,28 @@ class MultimodalLM(nn.Module):
             raise ValueError(f"batch has modalities {unknown} but the model's encoders are {list(self.modalities)}")
         rows, seq, hidden = embeds.shape
         flat = embeds.reshape(rows * seq, hidden)
-        present = set()
-        for i, name in enumerate(batch.modalities):
+        # Encoders run in the model's fixed order, each on its items or (idle) on a dummy input:
+        # under FSDP/TP every rank then issues the same collectives in the same order, whatever
+        # mix of modalities its microbatch happens to hold.
+        computed: dict[str, torch.Tensor] = {}
+        idle = torch.zeros((), dtype=embeds.dtype, device=embeds.device)
+        for name, enc in self.encoders.items():
+            if features is not None and name in features:
+                continue
             inputs = batch.encoder_inputs.get(name)
+            if inputs and batch.item_tokens.get(name):
+                computed[name] = enc(**inputs)
+            elif self.run_idle_encoders:
+                idle = idle + 0.0 * enc(**enc.dummy_inputs(embeds.device)).sum().to(embeds.dtype)
+        for i, name in enumerate(batch.modalities):
             lengths = batch.item_tokens.get(name, [])
-            given = features is not None and name in features
-            if not lengths or not (inputs or given):
+            feats = features[name] if features is not None and name in features else computed.get(name)
+            if not lengths or feats is None:
                 if self.validate_inputs and bool((batch.kinds == i + 1).any()):
                     raise ValueError(f"batch has {name} placeholder tokens but no {name} encoder inputs")
                 continue
-            present.add(name)
             if self.validate_inputs:
                 self._check_placeholders(batch, i + 1, name)
-            feats = features[name] if given else self.encoders[name](**inputs)
             n_items, per_item, width = feats.shape
             if n_items != len(lengths):
                 raise ValueError(f"{name} encoder returned {n_items} items, the batch lists {len(lengths)}")
@@ -203,12 +212,7 @@ class MultimodalLM(nn.Module):
                 positions = (batch.kinds.reshape(-1) == i + 1).nonzero().squeeze(1)
             flat = flat.index_copy(0, positions, feats.to(flat.dtype))
         embeds = flat.view(rows, seq, hidden)
-        if self.run_idle_encoders:
-            for name, enc in self.encoders.items():
-                if name not in present and not (features is not None and name in features):
-                    dummy = enc(**enc.dummy_inputs(embeds.device))
-                    embeds = embeds + 0.0 * dummy.sum().to(embeds.dtype)
-        return embeds
+        return embeds + idle if self.run_idle_encoders else embeds
 
     def _llm_inputs(self, segments: object) -> dict:
         return attention_inputs(segments, mode=self.mask_mode, backend=self.attention_backend)

@@ -25,8 +25,13 @@ def apply_fsdp(
     reduce_dtype: torch.dtype | None = torch.float32,
     reshard_after_forward: bool = True,
     sum_gradients: bool = True,
+    root: nn.Module | None = None,
 ) -> nn.Module:
     """Shard ``model`` (a MultimodalLM) over ``mesh`` (1-D: FSDP; 2-D (replicate, shard): HSDP).
+
+    ``root``: the module whose forward the caller invokes, if not ``model`` itself (a pipeline
+    stage wrapping a pruned MultimodalLM): the remaining parameters are grouped there, so they
+    are gathered when that forward runs.
 
     ``sum_gradients``: reduce gradients by sum instead of FSDP's default mean. amylum's loss
     is a sum over tokens divided by the *global* target-token count (``num_items_in_batch``),
@@ -37,11 +42,12 @@ def apply_fsdp(
     for _name, blocks in component_blocks(model):
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    root = model if root is None else root
+    fully_shard(root, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     if sum_gradients:
-        for module in model.modules():
+        for module in root.modules():
             if hasattr(module, "set_gradient_divide_factor"):
                 module.set_gradient_divide_factor(1.0)
                 # Plain SUM collectives: gloo has no PREMUL_SUM, and NCCL moves SUM zero-copy.
                 module.set_force_sum_reduction_for_comms(True)
-    return model
+    return root

@@ -158,12 +158,18 @@ class CheckpointManager:
         """Write the training state of ``step`` atomically; ``extra`` is this rank's non-parameter state."""
         final = self.root / f"step-{step:08d}"
         tmp = self.root / f".tmp-step-{step:08d}"
-        if tmp.exists():  # left by a crash: never valid, safe to drop
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        distributed = torch.distributed.is_initialized()
+        # Under torch.distributed every rank writes its shards into one folder: rank 0 alone
+        # prepares and publishes it, with barriers between, so no rank renames a folder that
+        # another is still writing.
+        if _rank() == 0:
+            if tmp.exists():  # left by a crash: never valid, safe to drop
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        if distributed:
+            torch.distributed.barrier()
 
         flat, param_groups = _tensor_state(model, optimizer)
-        distributed = torch.distributed.is_initialized()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
             dcp.save(flat, storage_writer=HuggingFaceStorageWriter(str(tmp / "state"), save_distributed=distributed))
@@ -172,8 +178,13 @@ class CheckpointManager:
         tree, tensors = split_tensors({"step": step, "optimizer_param_groups": param_groups, **extra}, "extra")
         save_file(tensors, str(tmp / f"rank-{rank:05d}.safetensors"))
         (tmp / f"rank-{rank:05d}.json").write_text(json.dumps({"format": FORMAT_VERSION, "state": tree}))
-        self._publish(tmp, final, step)
-        self._prune()
+        if distributed:
+            torch.distributed.barrier()
+        if rank == 0:
+            self._publish(tmp, final, step)
+            self._prune()
+        if distributed:
+            torch.distributed.barrier()
         return final
 
     def _publish(self, tmp: Path, final: Path, step: int) -> None:
@@ -208,6 +219,12 @@ class CheckpointManager:
                 "checkpoints are folders named step-NNNNNNNN written by amylum"
             )
         rank = _rank()
+        if not (path / f"rank-{rank:05d}.json").is_file():
+            saved = len(list(path.glob("rank-*.json")))
+            raise CheckpointError(
+                f"{path} was saved by {saved} processes and holds no per-rank state (data position, RNG) for "
+                f"rank {rank}; resume on at most {saved} processes"
+            )
         meta = json.loads((path / f"rank-{rank:05d}.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: checkpoint format {meta.get('format')} != supported {FORMAT_VERSION}")

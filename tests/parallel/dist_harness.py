@@ -43,12 +43,16 @@ def run_world(fn, world_size: int, *args, timeout: float = 240.0) -> list:
     results, errors = {}, []
     try:
         for _ in range(world_size):
-            rank, status, payload = queue.get(timeout=timeout)
+            # After a first failure, give the other ranks a few seconds to report theirs: the
+            # root cause is often on another rank than the first "connection closed" report.
+            rank, status, payload = queue.get(timeout=timeout if not errors else 10)
             if status == "ok":
                 results[rank] = payload
             else:
                 errors.append(f"rank {rank}:\n{payload}")
-                break
+    except Exception as exc:  # queue timeout after a failure: report what we have
+        if not errors:
+            raise AssertionError(f"no result from all ranks within {timeout} s: {exc!r}") from None
     finally:
         for p in procs:
             p.join(timeout=5)

@@ -131,3 +131,37 @@ def _compare_tp(model, ref, batch, steps=3):
         opt.zero_grad()
         ref_opt.zero_grad()
     return worst
+
+
+def tp_dp_worker(rank, world_size):
+    """2-D mesh: FSDP over 'dp' (2) × TP over 'tp' (2) for the LLM and the vision tower."""
+    model = _model()
+    ref = copy.deepcopy(model)
+    model.run_idle_encoders = True
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    dp = rank // 2
+    full = _global_batch(model, rows=4)
+    local = full.select_rows([2 * dp, 2 * dp + 1])
+    apply_tp(model.llm, mesh["tp"])
+    apply_tp(model.encoders["vision"].encoder, mesh["tp"])
+    apply_fsdp(model, mesh["dp"])
+    count = int((full.labels[:, 1:] != -100).sum())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    ref_opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-3)
+    worst = 0.0
+    for _ in range(3):
+        ref_loss = ref(full, num_items_in_batch=count).loss
+        ref_loss.backward()
+        loss = model(local, num_items_in_batch=count).loss
+        loss.backward()
+        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+            if q.grad is None:
+                continue
+            diff = (_full(p.grad) - q.grad).abs().max().item()
+            assert diff < TOL, f"{name}: gradient differs by {diff}"
+            worst = max(worst, diff)
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad()
+        ref_opt.zero_grad()
+    return worst

@@ -20,3 +20,8 @@ def test_fsdp_rank_with_only_text_does_not_hang():
 def test_tensor_parallel_llm_tp2_with_per_module_vision_degree(vision_tp):
     worst = run_world(dist_workers.tp_worker, 2, vision_tp)
     assert max(worst) < dist_workers.TOL
+
+
+def test_tensor_parallel_times_fsdp_on_a_2d_mesh():
+    worst = run_world(dist_workers.tp_dp_worker, 4)
+    assert max(worst) < dist_workers.TOL

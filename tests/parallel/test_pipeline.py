@@ -10,3 +10,8 @@ from dist_harness import run_world
 def test_pipeline_matches_single_process(layout, ranks):
     worst = run_world(pipeline_workers.pipeline_worker, ranks, layout)
     assert max(worst) < pipeline_workers.TOL
+
+
+def test_data_parallel_times_pipeline_parallel():
+    worst = run_world(pipeline_workers.dp_pp_worker, 4)
+    assert max(worst) < pipeline_workers.TOL

@@ -131,4 +131,8 @@ class PipelineExecutor:
         weight = self.module.model.llm.get_input_embeddings().weight
         if weight.grad is None:
             weight.grad = torch.zeros_like(weight)
-        dist.all_reduce(weight.grad, group=self.tied_group)
+        grad = weight.grad
+        # Under FSDP the gradient is a sharded DTensor; both stages shard it the same way over
+        # equally sized data-parallel meshes, so the local shards line up.
+        local = grad.to_local() if hasattr(grad, "to_local") else grad
+        dist.all_reduce(local, group=self.tied_group)
