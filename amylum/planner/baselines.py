@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 
 from .cost import CostModel
-from .partition import even_partition
-from .search import ChainOption, build_plan
+from .candidates import ChainOption, build_plan, even_option, template_options
 from .simulate import SimResult, simulate
 from .spec import ClusterSpec, ModelSpec
 
@@ -27,22 +26,13 @@ STAGE_COUNTS = {"megatron": (4, 2), "cornstarch": (5, 1)}  # (LLM, each encoder)
 
 def _chain_options(model: ModelSpec, kind: str, tp: int, llm_pp: int) -> tuple[str, list[ChainOption]] | None:
     if kind == "colocated":
-        nb = sum(len(b.layers) for b in model.branches)
-        n = len(model.llm)
-        if llm_pp > n:
-            return None
-        e = even_partition(n, llm_pp)
-        bounds = (0,) + tuple(nb + x for x in e[1:])
-        return "colocated" if model.branches else "modality_parallel", [
-            ChainOption("colocated" if model.branches else "llm", tp, llm_pp, bounds, [])]
-    llm_p, enc_p = STAGE_COUNTS[kind]
-    opts = []
-    for b in model.branches:
-        if enc_p > len(b.layers):
-            return None
-        opts.append(ChainOption(b.name, tp, enc_p, even_partition(len(b.layers), enc_p), []))
-    opts.append(ChainOption("llm", tp, llm_p, even_partition(len(model.llm), llm_p), []))
-    return "modality_parallel", opts
+        if not model.branches:
+            o = even_option(model, "llm", tp, llm_pp)
+            return None if o is None else ("modality_parallel", [o])
+        o = even_option(model, "colocated", tp, llm_pp)
+        return None if o is None else ("colocated", [o])
+    opts = template_options(model, *STAGE_COUNTS[kind], tp)
+    return None if opts is None else ("modality_parallel", opts)
 
 
 def baseline_plan(model: ModelSpec, cluster: ClusterSpec, global_batch: int, kind: str,

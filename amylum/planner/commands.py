@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--text-tokens", type=int, default=None, help="text tokens per sample (default 1024)")
     p.add_argument("--placement", choices=("any", "modality_parallel", "colocated"), default="any")
     p.add_argument("--schedule", choices=("1f1b", "gpipe"), default="1f1b")
+    p.add_argument("--no-zero-bubble", action="store_true",
+                   help="keep B and W together (no zero-bubble order): amylum's pipeline executor still "
+                   "runs the whole backward in B, so a W split's simulated gain is not realised there yet")
     p.add_argument("--profile", default=None, help="measured profile file (from `amylum profile`)")
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=_adapt(run_plan), accepts_overrides=False)
@@ -107,7 +110,8 @@ def run_plan(args) -> int:
         print(f"note: profile was measured on {profile.gpu}, planning for {cluster.gpu.name}: "
               f"the profile is not used", file=sys.stderr)
     placements = ("modality_parallel", "colocated") if args.placement == "any" else (args.placement,)
-    res = search(model, cluster, args.global_batch, SearchOptions(placements=placements, schedule=args.schedule),
+    res = search(model, cluster, args.global_batch, SearchOptions(placements=placements, schedule=args.schedule,
+                                                                 zero_bubble=not args.no_zero_bubble),
                  profile=profile)
     print(plan_table(res.plan, res.sim))
     print(f"searched in {res.seconds:.2f} s: {res.partitions} partitions, {res.estimated} combinations estimated, "

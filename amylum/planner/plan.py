@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PLACEMENTS = ("modality_parallel", "colocated")
-SCHEDULES = ("1f1b", "gpipe")
+SCHEDULES = ("1f1b", "gpipe", "zb")  # zb: W split, ordered on the cost model (zerobubble.py)
 
 
 @dataclass(frozen=True)

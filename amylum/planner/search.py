@@ -22,8 +22,10 @@ from dataclasses import dataclass, field, replace
 
 from .cost import CostModel, StageCost, grad_needs
 from .partition import ChainSolver
-from .plan import Plan, StagePlan, assign_ranks
-from .simulate import SimResult, simulate
+from .candidates import ChainOption, balanced_variant, build_plan, chain_layers, even_option, template_options
+from .plan import Plan
+from .simulate import SimResult, prescreen, simulate
+from .validate import check_schedule
 from .spec import ClusterSpec, ModelSpec
 
 
@@ -37,29 +39,19 @@ class SearchOptions:
     checkpointing: tuple[bool, ...] = (False, True)
     schedule: str = "1f1b"
     pareto_points: int = 6  # per branch, nearest the LLM's bottleneck
-    simulate_top: int = 8  # candidates that fit in memory to simulate, best estimates first
+    simulate_top: int = 16  # candidates that fit in memory to simulate, best estimates first
     spare_factor: int = 4  # estimates kept per simulated slot
-
-
-@dataclass
-class ChainOption:
-    chain: str
-    tp: int
-    p: int
-    bounds: tuple[int, ...]
-    costs: list[StageCost]
-
-    @property
-    def gpus(self) -> int:
-        return self.p * self.tp
-
-    @property
-    def w(self) -> list[float]:
-        return [c.total for c in self.costs]
-
-    @property
-    def bottleneck(self) -> float:
-        return max(self.w)
+    # layer-balanced variants of the best estimates: the partition is optimal for the analytic
+    # objective, the simulator (the judge) also sees transfers, joins and DP sync
+    balanced_top: int = 16
+    # rule-based candidates, all simulated, so the search space holds the usual hand rules:
+    # colocated with an even LLM split at every (TP, stage count) and modality-parallel
+    # templates (LLM stages, stages per encoder) with one TP and even splits
+    rule_candidates: bool = True
+    templates: tuple[tuple[int, int], ...] = ((4, 2), (5, 1), (2, 1), (4, 1), (8, 1))
+    # re-simulate the best 1F1B plans with the zero-bubble order (W split; zerobubble.py)
+    zero_bubble: bool = True
+    zb_top: int = 6
 
 
 @dataclass
@@ -72,6 +64,10 @@ class SearchResult:
     simulated: int
     rejected_memory: int = 0
     notes: list[str] = field(default_factory=list)
+    # the best plan without a W split (what an executor that runs B as the whole backward
+    # realises); the same as plan/sim when the winner is a 1F1B plan
+    plan_1f1b: Plan | None = None
+    sim_1f1b: SimResult | None = None
 
 
 class _Ctx:
@@ -87,9 +83,7 @@ class _Ctx:
         self.partitions = 0
 
     def chain_layers(self, chain: str):
-        if chain == "colocated":
-            return [l for b in self.model.branches for l in b.layers] + list(self.model.llm)
-        return list(self.model.chain(chain))
+        return chain_layers(self.model, chain)
 
     def solver(self, chain: str, tp: int, mb: int, ck: bool):
         """Per-layer costs and segment matrices of a chain; independent of stage count and DP."""
@@ -187,38 +181,6 @@ def _nearest(front: list[ChainOption], target: float, k: int) -> list[ChainOptio
     return ranked[:k]
 
 
-def build_plan(model: ModelSpec, options: list[ChainOption], placement: str, dp: int, mb: int, m: int,
-               global_batch: int, ck: bool, schedule: str) -> Plan:
-    """Stages from chain options; branches first, the LLM chain (or colocated chain) last."""
-    stages: list[StagePlan] = []
-    ends: list[int] = []
-    chains = {o.chain: o for o in options}
-    layer_lists = {}
-    for o in options:
-        if o.chain == "colocated":
-            layer_lists[o.chain] = [l for b in model.branches for l in b.layers] + list(model.llm)
-        else:
-            layer_lists[o.chain] = list(model.chain(o.chain))
-    order = [b.name for b in model.branches if b.name in chains] + [c for c in ("llm", "colocated") if c in chains]
-    for name in order:
-        o = chains[name]
-        ls = layer_lists[name]
-        for s, (a, b) in enumerate(zip(o.bounds, o.bounds[1:])):
-            ins = (len(stages) - 1,) if s > 0 else ()
-            if name == "llm" and a <= model.merge_index < b:
-                ins = ins + tuple(ends)  # the stage that scatters modality features receives every branch
-            stages.append(StagePlan(id=len(stages), chain=name, layers=tuple(l.name for l in ls[a:b]), tp=o.tp,
-                                    inputs=ins))
-        if name not in ("llm", "colocated"):
-            ends.append(len(stages) - 1)
-    ranks = assign_ranks([s.tp for s in stages], dp)
-    stages = [replace(s, ranks=r) for s, r in zip(stages, ranks)]
-    R = sum(s.tp for s in stages)
-    return Plan(model=model.name, placement=placement, dp=dp, microbatch_size=mb, num_microbatches=m,
-                global_batch=global_batch, stages=tuple(stages), schedule=schedule, checkpointing=ck,
-                world_size=R * dp)
-
-
 def _estimate(opts: list[ChainOption], m: int, dp: int, cm: CostModel, llm_chain: str) -> float:
     w = [x for o in opts for x in o.w]
     branch_path = max([sum(o.w) for o in opts if o.chain != llm_chain], default=0.0)
@@ -301,37 +263,131 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: S
                             dp, m = dims(R, mb)
                             push(_estimate(list(combo) + [llm], m, dp, cm, "llm"),
                                  (placement, list(combo) + [llm], mb, ck))
-    if not cands:
+    if not cands and not opts.rule_candidates:
         raise ValueError(f"no plan fits: model {model.name} on {world} x {cluster.gpu.name} "
                          f"({cluster.gpu.memory_bytes / 1e9:.0f} GB each) with global batch {global_batch}; "
                          f"every partition exceeded memory")
-    best: tuple[SimResult, Plan] | None = None
-    rejected = 0
-    simulated = 0
-    for _neg, _i, (placement, chosen, mb, ck) in sorted(cands, key=lambda c: -c[0]):
-        R = sum(o.gpus for o in chosen)
-        dp, m = dims(R, mb)
-        plan = build_plan(model, chosen, placement, dp, mb, m, global_batch, ck, opts.schedule)
-        if simulated - rejected >= opts.simulate_top:
-            break  # enough candidates that fit were simulated
-        sim = simulate(plan, model, cluster, profile, cost_model=ctx.cms[ck], validate=False)
-        simulated += 1
-        if not sim.fits:
-            rejected += 1
+    return _select(ctx, cands, tps, dims, t0, estimated)
+
+
+def _key(placement: str, chosen, mb: int, ck: bool) -> tuple:
+    return placement, tuple((o.chain, o.tp, o.bounds) for o in chosen), mb, ck
+
+
+def rule_candidates(model: ModelSpec, opts: SearchOptions, tps, world: int, global_batch: int):
+    """Hand-rule plans (even splits, one TP): the search must never do worse than these."""
+    for mb in opts.mb_choices:
+        if mb > global_batch:
             continue
-        if best is None or sim.iteration_s < best[0].iteration_s:
-            best = (sim, plan)
-    if best is None:
+        for tp in tps:
+            for p in opts.llm_pp_choices:
+                if model.branches and "colocated" in opts.placements:
+                    o = even_option(model, "colocated", tp, p)
+                    if o is not None and o.gpus <= world:
+                        yield "colocated", [o], mb
+                elif not model.branches:
+                    o = even_option(model, "llm", tp, p)
+                    if o is not None and o.gpus <= world:
+                        yield "modality_parallel", [o], mb
+            if model.branches and "modality_parallel" in opts.placements:
+                for llm_p, enc_p in opts.templates:
+                    chosen = template_options(model, llm_p, enc_p, tp)
+                    if chosen is not None and sum(o.gpus for o in chosen) <= world:
+                        yield "modality_parallel", chosen, mb
+
+
+def _select(ctx: _Ctx, cands, tps, dims, t0: float, estimated: int) -> SearchResult:
+    """Simulate the best estimates, their balanced variants and the rule-based plans; keep the best.
+
+    Every plan is judged by the simulator. Checkpointing is tried only where the plain plan does
+    not fit (it only trades time for memory). The best 1F1B plans are then re-simulated with the
+    zero-bubble order, which wins only where the simulator says so.
+    """
+    model, cluster, opts, B = ctx.model, ctx.cluster, ctx.opts, ctx.B
+    world = cluster.world_size
+    ranked = [c for _neg, _i, c in sorted(cands, key=lambda c: -c[0])]
+    seen: dict[tuple, str] = {}
+    fitted: list[tuple[float, int, Plan, SimResult]] = []  # (iteration s, order, plan, sim)
+    stats = {"simulated": 0, "rejected": 0, "pruned": 0}
+    best_t = [math.inf]
+
+    def run(placement: str, chosen, mb: int, ck: bool) -> str:
+        """Judge one candidate (once): "fit", "nofit" (memory) or "pruned" (cannot win)."""
+        key = _key(placement, chosen, mb, ck)
+        if key in seen:
+            return seen[key]
+        dp, m = dims(sum(o.gpus for o in chosen), mb)
+        plan = build_plan(model, chosen, placement, dp, mb, m, B, ck, opts.schedule)
+        lb, fits = prescreen(plan, model, cluster, ctx.cms[ck])
+        if not fits:
+            stats["rejected"] += 1
+            seen[key] = "nofit"
+        elif lb >= best_t[0]:
+            # its simulated time is at least lb: skipping it cannot lose the best plan
+            stats["pruned"] += 1
+            seen[key] = "pruned"
+        else:
+            sim = simulate(plan, model, cluster, ctx.profile, cost_model=ctx.cms[ck], validate=False)
+            stats["simulated"] += 1
+            if not sim.fits:  # prescreen's memory is exact for 1F1B; this guards a drift
+                stats["rejected"] += 1
+                seen[key] = "nofit"
+                return "nofit"
+            fitted.append((sim.iteration_s, len(fitted), plan, sim))
+            best_t[0] = min(best_t[0], sim.iteration_s)
+            seen[key] = "fit"
+        return seen[key]
+
+    def run_with_fallback(placement: str, chosen, mb: int) -> None:
+        for ck in opts.checkpointing:
+            if run(placement, chosen, mb, ck) != "nofit":
+                return
+
+    fits = 0
+    for placement, chosen, mb, ck in ranked:
+        if fits >= opts.simulate_top:
+            break  # enough candidates that fit were simulated
+        fits += run(placement, chosen, mb, ck) != "nofit"
+    for placement, chosen, mb, ck in ranked[:opts.balanced_top]:
+        even = balanced_variant(model, chosen)
+        if even is not None:
+            run_with_fallback(placement, even, mb)
+    if opts.rule_candidates:
+        for placement, chosen, mb in rule_candidates(model, opts, tps, world, B):
+            run_with_fallback(placement, chosen, mb)
+    if not fitted:
+        if stats["rejected"] == 0:
+            raise ValueError(f"no plan fits: model {model.name} on {world} x {cluster.gpu.name} "
+                             f"({cluster.gpu.memory_bytes / 1e9:.0f} GB each) with global batch {B}; "
+                             f"every partition exceeded memory")
         raise ValueError(f"no plan fits in memory after simulation: model {model.name} on {world} GPUs; "
-                         f"{rejected} candidates exceeded {cluster.gpu.memory_bytes / 1e9:.0f} GB")
-    sim, plan = best
-    # candidates skip validation for speed; the winner's schedule is checked before it is returned
-    sim = simulate(plan, model, cluster, profile, cost_model=ctx.cms[plan.checkpointing], validate=True)
-    plan = replace(plan, notes={"iteration_s": sim.iteration_s, "bubble_fraction": sim.bubble_fraction,
+                         f"{stats['rejected']} candidates exceeded {cluster.gpu.memory_bytes / 1e9:.0f} GB")
+    fitted.sort(key=lambda x: (x[0], x[1]))
+    best_t, _o, plan_1f1b, sim_1f1b = fitted[0]
+    best, best_sim = plan_1f1b, sim_1f1b
+    if opts.zero_bubble and opts.schedule == "1f1b":
+        for _t, _o, plan, _sim in fitted[:opts.zb_top]:
+            zb = replace(plan, schedule="zb", split_w=True)
+            cm = ctx.cms[plan.checkpointing]
+            if prescreen(zb, model, cluster, cm)[0] >= best_t:
+                continue  # cannot beat the best found
+            sim = simulate(zb, model, cluster, ctx.profile, cost_model=cm, validate=False)
+            stats["simulated"] += 1
+            if sim.fits and sim.iteration_s < best_t:
+                best_t, best, best_sim = sim.iteration_s, zb, sim
+    # candidates skip validation for speed; the returned schedules are checked here
+    for plan, sim in {id(p): (p, s) for p, s in ((best, best_sim), (plan_1f1b, sim_1f1b))}.values():
+        check_schedule(sim.schedule, plan.num_microbatches)
+    return SearchResult(plan=_annotate(best, best_sim, world), sim=best_sim, seconds=time.perf_counter() - t0,
+                        partitions=ctx.partitions, estimated=estimated, simulated=stats["simulated"],
+                        rejected_memory=stats["rejected"], plan_1f1b=_annotate(plan_1f1b, sim_1f1b, world),
+                        sim_1f1b=sim_1f1b, notes=[f"{stats['pruned']} candidates skipped by a lower bound"])
+
+
+def _annotate(plan: Plan, sim: SimResult, world: int) -> Plan:
+    return replace(plan, notes={"iteration_s": sim.iteration_s, "bubble_fraction": sim.bubble_fraction,
                                 "peak_mem_gb": sim.max_peak_mem / 1e9, "gpus_used": plan.world_size,
                                 "gpus_available": world})
-    return SearchResult(plan=plan, sim=sim, seconds=time.perf_counter() - t0, partitions=ctx.partitions,
-                        estimated=estimated, simulated=simulated, rejected_memory=rejected)
 
 
 def _product(fronts):

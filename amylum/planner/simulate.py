@@ -14,6 +14,7 @@ from .replay import Trace, replay
 from .schedule import Action, StageGraph, build_schedule
 from .spec import ClusterSpec, ModelSpec
 from .validate import ScheduleError, schedule_errors
+from .zerobubble import memory_caps, zero_bubble_schedule
 
 
 @dataclass
@@ -85,15 +86,46 @@ def _crosses_nodes(plan: Plan, a: int, b: int, cluster: ClusterSpec) -> bool:
     return any(x[0] // g != y[0] // g for x, y in zip(ra, rb))
 
 
+def prescreen(plan: Plan, model: ModelSpec, cluster: ClusterSpec, cm: CostModel) -> tuple[float, bool]:
+    """(a lower bound on the iteration time, whether the plan fits in memory under 1F1B/GPipe).
+
+    Cheap (no schedule, no replay), so the search can skip plans that cannot win or cannot fit.
+    The bound, per stage: nothing starts before the forwards upstream of it have run for the
+    first microbatch; then the stage runs all its F/B/W for every microbatch and its DP sync;
+    and its last B (B runs in microbatch order) is followed by the B of every stage upstream
+    on the way back, for the last microbatch (B + W under 1F1B/GPipe, B alone under a W split).
+    The memory is exact for the generated 1F1B (GPipe) lists: a stage with backward work holds
+    min(m, stages downstream + 1) (m) microbatches at its peak.
+    """
+    costs = stage_costs(plan, model, cm)
+    g = stage_graph(plan, costs)
+    depth = g.depth
+    m = plan.num_microbatches
+    split = plan.split_w or plan.schedule == "zb"
+    stages = {st.id: st for st in plan.stages}
+    bwd = {s: (c.b if split else c.b + c.w) for s, c in costs.items()}
+    up: dict[int, float] = {}
+    up_b: dict[int, float] = {}
+    for s in sorted(costs, key=lambda x: -depth[x]):  # sources first: deeper stages are upstream
+        up[s] = max((up[p] + costs[p].f for p in g.inputs[s]), default=0.0)
+        up_b[s] = max((up_b[p] + bwd[p] for p in g.inputs[s] if g.has_bwd[p]), default=0.0)
+    lb = 0.0
+    fits = True
+    for s, c in costs.items():
+        lb = max(lb, up[s] + m * c.total + cm.dp_sync_time(c, plan.dp, stages[s].tp))
+        if g.has_bwd[s]:
+            lb = max(lb, up[s] + m * (c.f + bwd[s]) + up_b[s])
+        held = 0 if not g.has_bwd[s] else (m if plan.schedule == "gpipe" else min(m, depth[s] + 1))
+        fits = fits and c.static_bytes + held * c.act_bytes + c.transient_bytes <= cluster.gpu.memory_bytes
+    return lb, fits
+
+
 def simulate(plan: Plan, model: ModelSpec, cluster: ClusterSpec, profile=None,
              cost_model: CostModel | None = None, validate: bool = True) -> SimResult:
     cm = cost_model or CostModel(cluster, profile, checkpointing=plan.checkpointing)
     costs = stage_costs(plan, model, cm)
     g = stage_graph(plan, costs)
-    sched = build_schedule(g, plan.num_microbatches, plan.schedule, plan.split_w)
-    errs = schedule_errors(sched, plan.num_microbatches) if validate else []
-    if errs:  # generated schedules are valid by construction; this guards the generator
-        raise ScheduleError("generated schedule is invalid:\n  " + "\n  ".join(errs))
+    split = plan.split_w or plan.schedule == "zb"  # zero-bubble ordering is defined by its W split
     stages = {st.id: st for st in plan.stages}
     inter = {}
     for st in plan.stages:
@@ -105,7 +137,7 @@ def simulate(plan: Plan, model: ModelSpec, cluster: ClusterSpec, profile=None,
         if op == "F":
             return c.f
         if op == "B":
-            return c.b if plan.split_w else c.b + c.w
+            return c.b if split else c.b + c.w
         return c.w
 
     def transfer(src: int, dst: int, data: str) -> float:
@@ -114,7 +146,18 @@ def simulate(plan: Plan, model: ModelSpec, cluster: ClusterSpec, profile=None,
         return cm.p2p_time(nbytes / stages[src].tp, inter[(src, dst)])
 
     def last_bwd(s: int) -> str:
-        return "W" if plan.split_w and costs[s].has_w else "B"
+        return "W" if split and costs[s].has_w else "B"
+
+    if plan.schedule == "zb":
+        # the order is found on these durations; the replay below reproduces its times
+        free = {s: cluster.gpu.memory_bytes - c.static_bytes - c.transient_bytes for s, c in costs.items()}
+        caps = memory_caps(g, plan.num_microbatches, free, {s: c.act_bytes for s, c in costs.items()})
+        sched = zero_bubble_schedule(g, plan.num_microbatches, duration, transfer, caps)
+    else:
+        sched = build_schedule(g, plan.num_microbatches, plan.schedule, plan.split_w)
+    errs = schedule_errors(sched, plan.num_microbatches) if validate else []
+    if errs:  # generated schedules are valid by construction; this guards the generator
+        raise ScheduleError("generated schedule is invalid:\n  " + "\n  ".join(errs))
 
     tr = replay(sched, duration, transfer, last_bwd)
     sync = {s: cm.dp_sync_time(c, plan.dp, stages[s].tp) for s, c in costs.items()}
