@@ -88,7 +88,8 @@ def cp_worker(rank, world_size):
     for case, block in (("long", 4), ("short", 128), ("tiny", 128)):
         batch = _batch(ref, case)
         ref_loss, ref_grads = _reference(ref, batch)
-        for policy in POLICIES:
+        # short/tiny cases exercise the block shrinking and empty shards; two policies suffice
+        for policy in POLICIES if case == "long" else ("uniform", "balanced"):
             loss, grads, counts = _cp_run(model, batch, policy, block, rank, world_size)
             worst = abs(loss - ref_loss)
             for name, g in ref_grads.items():
