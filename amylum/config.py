@@ -86,9 +86,27 @@ class TrainingConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = _help("Evaluate every N steps (and at the end); 0 = only at the end.", default=150)
-    max_samples: int = _help("Held-out samples per evaluation (0 = all).", default=200)
-    batch_size: int = _help("Samples per evaluation batch.", default=50)
+    every: int = _help("Evaluate every N steps (and at the end); 0 = only at the end.", default=100)
+    max_samples: int = _help(
+        "Held-out samples per evaluation (0 = all), a fixed seeded subset; for the default suite "
+        "(a suite file sets its own in [budget]).",
+        default=200,
+    )
+    batch_size: int = _help("Samples per evaluation batch (default suite; a suite file sets its own).", default=50)
+    suite: str = _help(
+        'Evaluation suite TOML (tasks, metrics, slices, robustness; docs/evaluation.md); "" = the default suite '
+        "on the held-out records (accuracy by modality, images, answer type and task).",
+        default="",
+    )
+    max_seconds: float = _help(
+        "Wall-clock budget of one evaluation (0 = none); cut evaluations are marked truncated. "
+        "Overrides the suite's [budget] when > 0.",
+        default=0.0,
+    )
+    robustness: bool = _help(
+        "Run the suite's robustness pass (perturbed images, paraphrased prompts) on the final evaluation.",
+        default=True,
+    )
 
 
 @dataclass
@@ -106,7 +124,9 @@ class MetricsConfig:
     log_every: int = _help("Log metrics every N steps.", default=20)
     tensorboard: bool = _help("Also write TensorBoard event files to RUN_DIR/tensorboard.", default=True)
     progress_bar: bool = _help("Show a tqdm progress bar.", default=True)
-    report: bool = _help("Write RUN_DIR/report.md with PNG plots at the end.", default=True)
+    report: bool = _help(
+        "At the end, write RUN_DIR/report.html + report.json (the run report) and report.md with PNG plots.", default=True
+    )
     peak_tflops: float = _help("Peak device TFLOP/s for MFU (0 = guess from the GPU name; never on CPU).", default=0.0)
 
 
@@ -290,6 +310,9 @@ def validate(cfg: Config) -> None:
     _positive(e.every, "eval.every", allow_zero=True)
     _positive(e.max_samples, "eval.max_samples", allow_zero=True)
     _positive(e.batch_size, "eval.batch_size")
+    _positive(e.max_seconds, "eval.max_seconds", allow_zero=True)
+    if e.suite and not Path(e.suite).is_file():
+        raise ConfigError(f"eval.suite: {e.suite} does not exist (a suite TOML; see docs/evaluation.md)")
     _positive(c.every, "checkpoint.every", allow_zero=True)
     _positive(c.keep_last, "checkpoint.keep_last")
     if c.resume not in ("auto", "never") and not Path(c.resume).is_dir():

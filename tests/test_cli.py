@@ -38,6 +38,15 @@ def test_print_config(capsys):
     assert "steps = 5" in out and 'preset = "tiny-valm"' in out
 
 
+def test_missing_eval_suite_is_a_config_error(tmp_path, capsys):
+    assert main(["train", "--print-config", f"--eval.suite={tmp_path / 'nope.toml'}"]) == 2
+    assert "eval.suite" in capsys.readouterr().err
+    bad = tmp_path / "suite.toml"
+    bad.write_text('[[tasks]]\nname = "qa"\ndata = "x.jsonl"\nmetrcs = ["accuracy"]\n')
+    assert main(["train", "--print-config", f"--eval.suite={bad}"]) == 2
+    assert "metrcs" in capsys.readouterr().err  # the suite's own error, before anything is built
+
+
 def test_config_error_exits_2_with_a_message():
     proc = _run("train", "--training.stepz=5", check=False)
     assert proc.returncode == 2
@@ -60,8 +69,9 @@ def test_train_export_report_smoke(tmp_path):
     ]
     assert main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["completed"] and summary["steps"] == 4 and "accuracy" in summary["eval"]
-    for name in ("config.toml", "metrics.jsonl", "report.md", "plots/loss.png", "export/amylum.json"):
+    assert summary["completed"] and summary["steps"] == 4 and "heldout/accuracy" in summary["eval"]
+    for name in ("config.toml", "metrics.jsonl", "report.md", "report.html", "report.json", "plots/loss.png",
+                 "export/amylum.json"):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").iterdir())
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000002", "step-00000004"]
@@ -69,4 +79,6 @@ def test_train_export_report_smoke(tmp_path):
     assert main(args) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "exp")]) == 0
     assert (tmp_path / "exp" / "llm" / "config.json").is_file()
+    (run / "report.html").unlink()
     assert main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file()  # regenerated from the run's files

@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def _suite(config: Path, max_samples: int | None):
-    """An eval suite file ([[tasks]]), or a run config, which gets the default suite on its held-out set."""
-    from amylum.evaluation.config import default_suite, load_suite
+    """An eval suite file ([[tasks]]), or a run config: its eval.suite, or the default suite on its held-out set."""
+    from amylum.evaluation.config import load_suite
 
     try:
         table = tomllib.loads(config.read_text())
@@ -22,12 +22,13 @@ def _suite(config: Path, max_samples: int | None):
     else:
         from amylum.config import load_config
         from amylum.runtime.build import prepare_data
+        from amylum.runtime.evaluation import run_suite
 
         cfg = load_config(config)
-        paths = prepare_data(cfg)
-        if paths.eval is None:
+        # The same suite `amylum train` evaluates with this config (eval.suite, or the default one).
+        suite = run_suite(cfg, None if cfg.eval.suite else prepare_data(cfg).eval)
+        if suite is None:
             raise SystemExit(f"amylum eval: {config} is a run config without held-out data (data.eval_path / data.n_eval)")
-        suite = default_suite(paths.eval, max_samples=cfg.eval.max_samples, batch_size=cfg.eval.batch_size)
     if max_samples is not None:
         suite.budget.max_samples = max_samples
     return suite

@@ -25,7 +25,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:360px;font-size:12px}
 .na{color:#999;font-style:italic}.warn{color:#b00020;font-weight:600}.small{color:#666;font-size:12px}
-.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #eee;padding:4px}
+.charts{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.chart{border:1px solid #eee;padding:4px}
 .card{border:1px solid #ddd;border-radius:6px;padding:10px;margin:10px 0}
 .card img{image-rendering:pixelated;height:96px;margin-right:6px;border:1px solid #ccc}
 .badge{display:inline-block;padding:0 6px;border-radius:8px;background:#eef;font-size:12px;margin-right:4px}
@@ -60,12 +60,13 @@ def page(title: str, body: str, script: str = "") -> str:
 
 
 def table(headers: list[str], rows: list[list[object]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    # A key/value table (all headers empty) gets no empty header row.
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers) if any(headers) else ""
     body = "".join(
         "<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -98,7 +99,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], *, widt
         y = y0 + (y1 - y0) * k / 4
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="10">{y:.3g}</text>')
-    for x in (x0, (x0 + x1) / 2, x1):
+    # Few points (evaluation steps): label each; many (loss curves): first, middle, last.
+    distinct = sorted(set(xs))
+    for x in (distinct if len(distinct) <= 8 else (x0, (x0 + x1) / 2, x1)):
         parts.append(f'<text x="{sx(x):.1f}" y="{height - 10}" text-anchor="middle" font-size="10">{x:.0f}</text>')
     legend = []
     for i, (name, pts) in enumerate(series.items()):

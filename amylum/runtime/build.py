@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from amylum.config import Config, ConfigError
-
-GENERATE_MAX_NEW_TOKENS = 8  # demo answers are a number or yes/no, plus <eos>
-
 
 def resolve_device(cfg: Config) -> torch.device:
     want = cfg.job.device
@@ -41,6 +38,9 @@ def check_config(cfg: Config) -> None:
             import peft  # noqa: F401
         except ImportError as e:
             raise ConfigError("model.llm = 'lora' needs peft: pip install 'amylum[lora]'") from e
+    from amylum.runtime.evaluation import check_suite
+
+    check_suite(cfg)
 
 
 def demo_kind(cfg: Config) -> str:
@@ -88,50 +88,12 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device) -> nn.Module
     return model
 
 
-def make_evaluator(cfg: Config, paths: DataPaths, tokenizer: Any, specs: dict) -> Callable[[nn.Module], dict[str, float]] | None:
-    """Held-out answer accuracy by greedy decoding of the last reply of every eval record."""
-    if paths.eval is None:
-        return None
-    from amylum.data.dataset import MultimodalDataset
-    from amylum.data.demo import normalize_answer
-    from amylum.data.processor import MultimodalProcessor
-
-    processor = MultimodalProcessor(tokenizer, specs, max_length=cfg.data.max_length, mode="generate",
-                                    on_error=cfg.data.on_error)
-    dataset = MultimodalDataset(paths.eval, processor)
-    n = len(dataset) if cfg.eval.max_samples == 0 else min(len(dataset), cfg.eval.max_samples)
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
-        hits: dict[str, list[int]] = {}
-        for start in range(0, n, cfg.eval.batch_size):
-            samples = [s for s in (dataset[i] for i in range(start, min(n, start + cfg.eval.batch_size))) if s is not None]
-            if not samples:
-                continue
-            batch = processor.collate(samples).to(device)
-            generated = model.generate(batch, max_new_tokens=GENERATE_MAX_NEW_TOKENS,
-                                       eos_token_id=processor.eos_token_id)
-            for sample, ids in zip(samples, generated):
-                ok = int(normalize_answer(processor.decode(ids)) == normalize_answer(sample.reference))
-                hits.setdefault("all", []).append(ok)
-                task = sample.extra.get("task")
-                if task:
-                    hits.setdefault(task, []).append(ok)
-        if not hits:
-            return {}
-        scores = {"accuracy": sum(hits["all"]) / len(hits["all"])}
-        scores.update({f"accuracy/{t}": sum(v) / len(v) for t, v in sorted(hits.items()) if t != "all"})
-        return scores
-
-    return evaluate
-
-
 @dataclass
 class RunParts:
     device: torch.device
     model: nn.Module
     train_loader: Any
-    evaluator: Callable[[nn.Module], dict[str, float]] | None
+    evaluator: Any  # amylum.evaluation.Evaluator, or None without held-out data or suite
     tokenizer: Any
     paths: DataPaths
 
@@ -140,6 +102,7 @@ def build_run(cfg: Config) -> RunParts:
     from amylum.data.dataset import MultimodalDataset, ResumableLoader
     from amylum.data.processor import MultimodalProcessor
     from amylum.data.tokenizer import load_tokenizer
+    from amylum.runtime.evaluation import make_evaluator
 
     device = resolve_device(cfg)
     paths = prepare_data(cfg)
@@ -149,5 +112,5 @@ def build_run(cfg: Config) -> RunParts:
     processor = MultimodalProcessor(tokenizer, specs, max_length=cfg.data.max_length, on_error=cfg.data.on_error)
     train = ResumableLoader(MultimodalDataset(paths.train, processor), batch_size=cfg.training.batch_size,
                             seed=cfg.job.seed, max_length=cfg.data.max_length)
-    evaluator = make_evaluator(cfg, paths, tokenizer, specs)
+    evaluator = make_evaluator(cfg, paths.eval, tokenizer)
     return RunParts(device, model, train, evaluator, tokenizer, paths)

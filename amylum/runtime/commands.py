@@ -31,9 +31,13 @@ def _export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _report(args: argparse.Namespace, overrides: list[str]) -> int:
-    from amylum.runtime.report import write_report
+    from amylum.runtime.report import write_reports
 
-    print(write_report(Path(args.run_dir)))
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise SystemExit(f"amylum report: run directory not found: {run_dir}")
+    for path in write_reports(run_dir).values():
+        print(path)
     return 0
 
 
@@ -59,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.set_defaults(func=_export)
 
-    p = subparsers.add_parser("report", help="(re)write RUN_DIR/report.md and its plots from the run's metrics")
+    p = subparsers.add_parser(
+        "report", help="(re)write RUN_DIR/report.html, report.json and report.md (+ plots) from the run's files")
     p.add_argument("run_dir", help="run directory of `amylum train`")
     p.set_defaults(func=_report)

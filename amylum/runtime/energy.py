@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -82,6 +83,24 @@ class _ZeusBackend:
         return float(sum(m.gpu_energy.values()))
 
 
+def _nvml_handles(pynvml: Any, cuda_indices: Sequence[int] | None) -> list[Any]:
+    """NVML handles of CUDA devices. NVML numbers every GPU of the machine, CUDA only those in
+    ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs), so CUDA index i is that list's i-th entry."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else None
+    if cuda_indices is None:
+        cuda_indices = range(len(entries) if entries is not None else pynvml.nvmlDeviceGetCount())
+    handles = []
+    for i in cuda_indices:
+        if entries is None:
+            handles.append(pynvml.nvmlDeviceGetHandleByIndex(i))
+        elif entries[i].isdigit():
+            handles.append(pynvml.nvmlDeviceGetHandleByIndex(int(entries[i])))
+        else:  # GPU-<uuid> / MIG-<uuid>
+            handles.append(pynvml.nvmlDeviceGetHandleByUUID(entries[i]))
+    return handles
+
+
 class _NvmlBackend:
     name = "nvml"
 
@@ -90,8 +109,7 @@ class _NvmlBackend:
 
         pynvml.nvmlInit()
         self._nvml = pynvml
-        idx = list(gpu_indices) if gpu_indices is not None else list(range(pynvml.nvmlDeviceGetCount()))
-        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in idx]
+        self._handles = _nvml_handles(pynvml, gpu_indices)
         for h in self._handles:  # fails on pre-Volta GPUs: no energy counter
             pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
         self._sync = sync
@@ -197,6 +215,57 @@ def all_ranks_total(step: StepEnergy) -> StepEnergy:
         return StepEnergy(float(t.item()), None, int(vals[1].item()),
                           step.reason or f"{missing} rank(s) could not measure energy")
     return StepEnergy(float(t.item()), float(vals[0].item()), int(vals[1].item()))
+
+
+class EnergyTally:
+    """Per-step readings summed over a metrics window (``flush``) and over the run (``run_summary``).
+
+    ``flush`` sums the window over all ranks (``all_ranks_total``: a collective, so every rank
+    must call it at the same log steps) and returns the trainer's energy metrics: energy per
+    step, average power and tokens per joule of the whole job, or ``energy_available: False``
+    with the reason. A window with any unmeasured step is unavailable as a whole.
+    """
+
+    def __init__(self) -> None:
+        self.run_energy_j = 0.0
+        self.run_steps = 0
+        self.run_reason = ""  # set once any window could not be measured
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self._time_s, self._energy_j, self._tokens, self._steps, self._reason = 0.0, 0.0, 0, 0, ""
+
+    def add(self, step: StepEnergy) -> None:
+        self._time_s += step.time_s
+        self._tokens += step.tokens
+        self._steps += 1
+        if step.energy_j is None:
+            self._reason = step.reason or "energy not measured"
+        else:
+            self._energy_j += step.energy_j
+
+    def flush(self) -> dict[str, Any]:
+        """The window's metrics (job totals across ranks); starts a new window."""
+        steps = self._steps
+        local = StepEnergy(self._time_s, None if self._reason else self._energy_j, self._tokens, self._reason)
+        self._new_window()
+        if not steps:
+            return {}
+        total = all_ranks_total(local)
+        if total.energy_j is None:
+            self.run_reason = self.run_reason or total.reason
+            return {"energy_available": False, "energy_unavailable_reason": total.reason}
+        self.run_energy_j += total.energy_j
+        self.run_steps += steps
+        return {"energy_available": True, "energy_j_per_step": total.energy_j / steps,
+                "avg_power_w": total.avg_power_w, "tokens_per_j": total.tokens_per_j}
+
+    def run_summary(self, backend: str) -> dict[str, Any]:
+        """Measured energy of the steps this process trained (a resumed run: since the resume)."""
+        if self.run_reason or not self.run_steps:
+            return {"available": False, "why": self.run_reason or "no training step was metered"}
+        return {"available": True, "backend": backend, "energy_j": self.run_energy_j, "steps": self.run_steps,
+                "energy_j_per_step": self.run_energy_j / self.run_steps, "energy_kwh": self.run_energy_j / 3.6e6}
 
 
 # ------------------------------------------------------------------------------------ clock control

@@ -55,7 +55,8 @@ class MetricsWriter:
         self._file.flush()
         if self._tb is not None:
             for key, value in values.items():
-                if isinstance(value, (int, float)):
+                # Flags (energy_available) and reasons are JSONL-only: a 0 on a chart would read as a measurement.
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:

@@ -5,10 +5,12 @@ RUN_DIR/
     data/              the generated demo data and tokenizer (demo runs only)
     metrics.jsonl      train and eval records, one JSON object per line
     tensorboard/       the same scalars for TensorBoard
+    eval/              per-evaluation results (scores, slices, robustness) and predictions
     checkpoints/       step-NNNNNNNN/ full training states (last K)
     export/            HF-loadable model (llm/, encoders/<name>/, amylum.json)
-    report.md, plots/  the human-readable summary with PNG plots
-    summary.json       final figures (steps, loss, eval scores, wall time)
+    report.html        the run report (offline page), report.json beside it
+    report.md, plots/  a short Markdown summary with PNG plots
+    summary.json       final figures (steps, loss, eval scores, energy, hardware, wall time)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 
 from amylum.config import Config, to_toml
 from amylum.runtime.build import build_run, check_config
+from amylum.runtime.evaluation import headline
+from amylum.runtime.provenance import code_commit, hardware
 from amylum.runtime.trainer import Trainer, seed_everything
 
 
@@ -58,8 +62,12 @@ def train(cfg: Config, *, stop_after: int | None = None, log: Callable[[str], No
     summary: dict[str, Any] = {
         "preset": cfg.model.preset, "device": str(parts.device), "steps": result.final_step,
         "completed": result.final_step >= cfg.training.steps, "train_seconds": round(result.wall_seconds, 2),
-        "parameters": counts,
+        "parameters": counts, "commit": code_commit(),
+        "hardware": hardware(parts.device, trainer.energy.backend), "energy": result.energy,
     }
+    skipped = getattr(getattr(parts.train_loader, "dataset", None), "skipped", None)
+    if skipped is not None:
+        summary["skipped"] = {**skipped.state(), "examples": skipped.examples[:10]}
     if result.losses:
         summary["final_loss"] = result.losses[max(result.losses)]
     if result.last_eval:
@@ -73,9 +81,9 @@ def train(cfg: Config, *, stop_after: int | None = None, log: Callable[[str], No
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if summary["completed"] and cfg.metrics.report:
-        from amylum.runtime.report import write_report
+        from amylum.runtime.report import write_reports
 
-        summary["report"] = str(write_report(run_dir))
+        summary["report"] = str(write_reports(run_dir)["html"])
     log(_summary_line(summary))
     return summary
 
@@ -84,8 +92,9 @@ def _summary_line(summary: dict[str, Any]) -> str:
     parts = [f"done: {summary['steps']} steps in {summary['wall_seconds']:.0f} s"]
     if "final_loss" in summary:
         parts.append(f"final loss {summary['final_loss']:.4f}")
-    if "accuracy" in summary.get("eval", {}):
-        parts.append(f"held-out accuracy {summary['eval']['accuracy']:.1%}")
+    top = headline(summary.get("eval", {}))
+    if top is not None:
+        parts.append(f"{top[0]} {top[1]:.1%}")
     if "report" in summary:
         parts.append(f"report {summary['report']}")
     return "; ".join(parts)

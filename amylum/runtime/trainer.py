@@ -1,5 +1,6 @@
 """Single-device training loop: AdamW, warm-up + cosine, accumulation, clipping, bf16 on GPU,
-periodic held-out evaluation, metrics, atomic checkpoints with exact resume.
+continuous evaluation (every ``eval.every`` steps and at the end), metrics with per-step energy,
+atomic checkpoints with exact resume.
 
 The trainer knows a model only as ``model(batch) -> output`` with ``output.loss`` (mean over the
 batch's target tokens) and ``output.num_target_tokens``, and a loader only as an iterable of
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from amylum.config import Config
 from amylum.data.batch import IGNORE_INDEX, MultimodalBatch
 from amylum.runtime.checkpoint import CheckpointManager
+from amylum.runtime.energy import EnergyMeter, EnergyTally
 from amylum.runtime.flops import StepFlops, measure_step_flops, peak_tflops
 from amylum.runtime.metrics import MetricsWriter, peak_memory_gib
 from amylum.runtime.optim import build_optimizer, build_scheduler
@@ -37,7 +39,10 @@ class StatefulLoader(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-Evaluator = Callable[[nn.Module], dict[str, float]]
+class StepEvaluator(Protocol):
+    """What the trainer calls (``amylum.evaluation.Evaluator``): results with ``flat() -> {key: value}``."""
+
+    def evaluate(self, model: nn.Module, step: int | None = None, *, final: bool = False) -> Any: ...
 
 
 @dataclass
@@ -47,6 +52,7 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)  # step → loss of that step
     last_eval: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    energy: dict[str, Any] = field(default_factory=dict)  # run total, or {"available": False, "why": ...}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -75,7 +81,8 @@ class Trainer:
         train_loader: StatefulLoader,
         *,
         device: torch.device,
-        evaluator: Evaluator | None = None,
+        evaluator: StepEvaluator | None = None,
+        energy_meter: EnergyMeter | None = None,
     ) -> None:
         self.cfg = cfg
         self.model = model
@@ -94,6 +101,10 @@ class Trainer:
         self._data: Iterator[MultimodalBatch] | None = None
         self._flops: StepFlops | None = None
         self._peak = peak_tflops(device, cfg.metrics.peak_tflops)
+        # Meter the GPU this process drives; without one the meter says "not available" (never 0 J).
+        self.energy = energy_meter or EnergyMeter(
+            gpu_indices=[device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda" else None)
 
     # ----------------------------------------------------------------- state
 
@@ -176,16 +187,21 @@ class Trainer:
 
     # ----------------------------------------------------------------- evaluation
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        """Flat eval metrics at the current step (``<task>/<metric>[/<slice>=<bucket>]``); {} without evaluator."""
         if self.evaluator is None:
             return {}
         self.model.eval()
         try:
             # Evaluation must not move the training RNG: a resumed run evaluates at other moments.
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad(), self._autocast():
-                return self.evaluator(self.model)
+                results = self.evaluator.evaluate(self.model, self.step, final=final)
         finally:
             self.model.train()
+        scores = dict(results.flat())
+        if getattr(results, "truncated", False):
+            scores["truncated"] = 1.0  # hit eval.max_seconds: some items were not scored
+        return scores
 
     # ----------------------------------------------------------------- loop
 
@@ -200,14 +216,18 @@ class Trainer:
                    dynamic_ncols=True, leave=True)
         started = time.perf_counter()
         window = self._new_window()
+        energy = EnergyTally()
         try:
             while self.step < end:
+                self.energy.begin_step()
                 info = self.train_step()
+                energy.add(self.energy.end_step(tokens=info["tokens"]))
                 self._accumulate(window, info)
                 result.losses[self.step] = float(info["loss"])
                 bar.update(1)
                 if self.step % cfg.metrics.log_every == 0 or self.step == end:
                     metrics = self._window_metrics(window)
+                    metrics.update(energy.flush())
                     writer.log(self.step, "train", metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
                     if not cfg.metrics.progress_bar:
@@ -217,11 +237,12 @@ class Trainer:
                 is_last = self.step == total
                 if (cfg.eval.every and self.step % cfg.eval.every == 0) or is_last:
                     paused = time.perf_counter()
-                    scores = self.evaluate()
+                    scores = self.evaluate(final=is_last)
                     if scores:
                         result.last_eval = scores
                         writer.log(self.step, "eval", scores)
-                        bar.write(f"step {self.step}: eval " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                        overall = {k: v for k, v in scores.items() if k.count("/") == 1 and not k.endswith("/n")}
+                        bar.write(f"step {self.step}: eval " + " ".join(f"{k} {v:.4f}" for k, v in overall.items()))
                     window["paused"] += time.perf_counter() - paused
                 if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or is_last:
                     paused = time.perf_counter()
@@ -232,6 +253,7 @@ class Trainer:
             writer.close()
         result.final_step = self.step
         result.wall_seconds = time.perf_counter() - started
+        result.energy = energy.run_summary(self.energy.backend)
         return result
 
     @staticmethod

@@ -90,3 +90,41 @@ def test_plan_clocks_follow_the_plan_order():
     pc.before("B", 0, 0)
     pc.end_step()
     assert c.intended == [1400, 1300]
+
+
+class FakeNvml:
+    def nvmlDeviceGetCount(self):
+        return 4
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("index", i)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return ("uuid", uuid)
+
+
+def test_nvml_handles_follow_cuda_visible_devices(monkeypatch):
+    from amylum.runtime.energy import _nvml_handles
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _nvml_handles(FakeNvml(), None) == [("index", i) for i in range(4)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert _nvml_handles(FakeNvml(), [0]) == [("index", 2)]  # CUDA device 0 is the machine's GPU 2
+    assert _nvml_handles(FakeNvml(), None) == [("index", 2), ("index", 3)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
+    assert _nvml_handles(FakeNvml(), [0]) == [("uuid", "GPU-abc")]
+
+
+def test_energy_tally_windows_and_run_total():
+    from amylum.runtime.energy import EnergyTally
+
+    t = EnergyTally()
+    for _ in range(2):
+        t.add(StepEnergy(time_s=0.5, energy_j=3.0, tokens=30))
+    assert t.flush() == {"energy_available": True, "energy_j_per_step": 3.0, "avg_power_w": 6.0, "tokens_per_j": 10.0}
+    assert t.flush() == {}  # an empty window logs nothing
+    t.add(StepEnergy(time_s=0.5, energy_j=3.0, tokens=30))
+    assert t.run_summary("x")["energy_j"] == 6.0  # only flushed windows count
+    t.add(StepEnergy(time_s=0.5, energy_j=None, tokens=30, reason="counter gone"))
+    assert t.flush() == {"energy_available": False, "energy_unavailable_reason": "counter gone"}  # no partial sum
+    assert t.run_summary("x") == {"available": False, "why": "counter gone"}

@@ -1,6 +1,7 @@
 import copy
 import json
 
+import pytest
 import torch
 
 from amylum.runtime.metrics import read_jsonl
@@ -65,3 +66,68 @@ def test_logged_metrics(small_config):
     for key in ("loss", "grad_norm", "lr", "tokens_per_s", "samples_per_s", "peak_rss_gib", "llm_tflops"):
         assert key in rec, key
     json.dumps(rec)
+
+
+class _Results:
+    def __init__(self, step):
+        self.step = step
+
+    def flat(self):
+        return {"qa/accuracy": self.step / 100, "qa/accuracy/modality=image": self.step / 200, "qa/n": 4.0}
+
+
+class RecordingEvaluator:
+    """The trainer's contract with amylum.evaluation.Evaluator: evaluate(model, step, final=...).flat()."""
+
+    def __init__(self):
+        self.calls = []
+
+    def evaluate(self, model, step=None, *, final=False):
+        self.calls.append((step, final, model.training))
+        return _Results(step)
+
+
+def test_trainer_calls_the_evaluator_every_n_steps_and_at_the_end(small_config):
+    small_config.eval.every = 5
+    seed_everything(0, True)
+    ev = RecordingEvaluator()
+    tr = Trainer(small_config, TinyLM(), SequenceLoader(), device=torch.device("cpu"), evaluator=ev)
+    result = tr.fit(log=lambda s: None)
+    assert ev.calls == [(5, False, False), (10, False, False), (12, True, False)]  # eval mode; final at the end
+    evals = [r for r in read_jsonl(f"{small_config.job.run_dir}/metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [5, 10, 12]
+    assert evals[-1]["qa/accuracy/modality=image"] == 0.06 and result.last_eval["qa/accuracy"] == 0.12
+
+
+class FakeMeter:
+    """2 J per step from a pretend GPU counter."""
+
+    backend = "fake"
+
+    def begin_step(self):
+        pass
+
+    def end_step(self, tokens=0):
+        from amylum.runtime.energy import StepEnergy
+
+        return StepEnergy(time_s=0.5, energy_j=2.0, tokens=tokens)
+
+
+def test_energy_metrics_when_measured(small_config):
+    seed_everything(0, True)
+    tr = Trainer(small_config, TinyLM(), SequenceLoader(), device=torch.device("cpu"), energy_meter=FakeMeter())
+    result = tr.fit(log=lambda s: None)
+    rec = read_jsonl(f"{small_config.job.run_dir}/metrics.jsonl")[0]
+    assert rec["energy_available"] is True and rec["energy_j_per_step"] == 2.0 and rec["avg_power_w"] == 4.0
+    assert rec["tokens_per_j"] == 4 * 8 / 2.0  # batch 4 × 8 tokens per step
+    assert result.energy == {"available": True, "backend": "fake", "energy_j": 24.0, "steps": 12,
+                             "energy_j_per_step": 2.0, "energy_kwh": 24.0 / 3.6e6}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_energy_not_available_without_gpu_is_never_zero(small_config):
+    result = _trainer(small_config).fit(log=lambda s: None)
+    for rec in read_jsonl(f"{small_config.job.run_dir}/metrics.jsonl"):
+        assert rec["energy_available"] is False and "GPU" in rec["energy_unavailable_reason"]
+        assert not {"energy_j_per_step", "avg_power_w", "tokens_per_j"} & set(rec)
+    assert result.energy["available"] is False and "GPU" in result.energy["why"]

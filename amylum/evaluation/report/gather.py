@@ -99,7 +99,31 @@ def _hardware(summary: dict[str, Any]) -> dict[str, Any]:
     return missing("summary.json records no device")
 
 
-def _efficiency(train: list[dict[str, Any]]) -> dict[str, Any]:
+def _energy(train: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """Per-step energy metrics and the run total; the trainer's own reason when it could not measure."""
+    def stats(key: str) -> dict[str, Any]:
+        values = [r[key] for r in train if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        if not values:
+            return missing(f"no '{key}' in the training metrics")
+        return {"available": True, "last": values[-1], "mean": sum(values) / len(values), "n": len(values)}
+
+    energy = {k: v for k, v in ((k, stats(k)) for k in ENERGY_KEYS) if v["available"]}
+    if energy:
+        total = summary.get("energy")
+        if isinstance(total, dict) and total.get("available"):
+            energy["run_total"] = total
+        return energy
+    reasons = [r["energy_unavailable_reason"] for r in train if r.get("energy_available") is False
+               and r.get("energy_unavailable_reason")]
+    total = summary.get("energy")
+    if reasons:
+        return missing(reasons[-1])
+    if isinstance(total, dict) and total.get("available") is False and total.get("why"):
+        return missing(total["why"])
+    return missing("no energy metrics logged (no power meter on this device, or the trainer did not record one)")
+
+
+def _efficiency(train: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Any]:
     def stats(key: str) -> dict[str, Any]:
         values = [r[key] for r in train if isinstance(r.get(key), (int, float))]
         if not values:
@@ -108,9 +132,7 @@ def _efficiency(train: list[dict[str, Any]]) -> dict[str, Any]:
 
     throughput = {k: stats(k) for k in THROUGHPUT_KEYS}
     throughput = {k: v for k, v in throughput.items() if v["available"]} or missing("no training metrics logged")
-    energy = {k: stats(k) for k in ENERGY_KEYS}
-    energy = {k: v for k, v in energy.items() if v["available"]} or missing(
-        "no energy metrics logged (no power meter on this device, or the trainer did not record one)")
+    energy = _energy(train, summary or {})
     loss = [(r["step"], r["loss"]) for r in train if isinstance(r.get("loss"), (int, float))]
     return {"throughput": throughput, "energy": energy, "loss_curve": loss}
 
@@ -213,7 +235,7 @@ def gather(run_dir: str | Path, *, regression_threshold: float = 0.05) -> dict[s
         "code": {"amylum": __version__, "commit": summary.get("commit") or NOT_AVAILABLE},
         "summary": summary or missing("no summary.json (the run may not have finished)"),
         "config": config, "plan": _plan(run_dir), "data": _data(run_dir, config),
-        "hardware": _hardware(summary), "efficiency": _efficiency(train),
+        "hardware": _hardware(summary), "efficiency": _efficiency(train, summary),
         "evaluation": {
             "available": bool(steps),
             "steps": [s.get("step") for s in steps],

@@ -7,6 +7,7 @@ from typing import Any
 from amylum.evaluation.html import esc, fmt, line_chart, media_html, page, table
 
 NA = '<span class="na">not available</span>'
+_SCALE_RANGE = {"0-1": (0.0, 1.0), "0-100": (0.0, 100.0), "0-10": (0.0, 10.0)}
 
 
 def _na(section: dict[str, Any]) -> str:
@@ -79,9 +80,12 @@ def _evaluation(r: dict[str, Any]) -> str:
     for task, metrics in e["curves"].items():
         charts = []
         for metric, c in metrics.items():
-            charts.append(line_chart(f"{task}: {metric}", {"all": c["all"]}))
+            # A fixed 0..top axis for bounded scores: curves compare across charts, ticks stay round.
+            scale = latest.get("tasks", {}).get(task, {}).get("metrics", {}).get(metric, {}).get("scale")
+            y = _SCALE_RANGE.get(scale)
+            charts.append(line_chart(f"{task}: {metric}", {"all": c["all"]}, y_range=y))
             for slice_name, buckets in c["slices"].items():
-                charts.append(line_chart(f"{task}: {metric} by {slice_name}", {"all": c["all"], **buckets}))
+                charts.append(line_chart(f"{task}: {metric} by {slice_name}", {"all": c["all"], **buckets}, y_range=y))
         parts.append(f'<div class="charts">{"".join(charts)}</div>')
     return "".join(parts)
 
@@ -116,8 +120,7 @@ def _failures(r: dict[str, Any]) -> str:
         parts.append(table(["task", "skipped eval records", "examples", "empty outputs", "no <eos> (hit max_new_tokens)"],
                            rows, {1, 3, 4}))
     skipped_train = r["data"]["skipped_training_records"]
-    parts.append("<p>skipped training records: " + (_na(skipped_train) if isinstance(skipped_train, dict) and
-                                                    skipped_train.get("available") is False else esc(skipped_train)) + "</p>")
+    parts.append("<p>skipped training records: " + _skipped_training(skipped_train) + "</p>")
     train = f["training"]
     parts.append("<p>training failures and recoveries: " + (_na(train) if isinstance(train, dict) and
                                                             train.get("available") is False else esc(train)) + "</p>")
@@ -125,7 +128,7 @@ def _failures(r: dict[str, Any]) -> str:
         parts.append("<h3>Wrong answers (latest evaluation, first few)</h3>")
         for w in f["wrong_examples"]:
             media = "".join(media_html(p) for paths in (w.get("media") or {}).values() for p in paths)
-            parts.append(f'<div class="card"><span class="badge">{esc(w["task"])}/{esc(w["id"])}</span>{media}'
+            parts.append(f'<div class="card"><div><span class="badge">{esc(w["task"])}/{esc(w["id"])}</span></div>{media}'
                          f'<div><b>prompt</b> {esc(w["prompt"])}</div><div><b>output</b> {esc(w["output"]) or "(empty)"}'
                          f' · <b>reference</b> {esc(" | ".join(w["references"]))}</div></div>')
     return "".join(parts)
@@ -134,9 +137,28 @@ def _failures(r: dict[str, Any]) -> str:
 def _kv_table(d: dict[str, Any]) -> str:
     rows = []
     for k, v in d.items():
-        if isinstance(v, dict) and v.get("available"):
+        if isinstance(v, dict) and v.get("available") and "last" in v:
             rows.append([esc(k), f"{v['last']:.4g}", f"{v['mean']:.4g}", v["n"]])
     return table(["metric", "last", "mean", "logged"], rows, {1, 2, 3})
+
+
+def _energy_total(total: dict[str, Any] | None) -> str:
+    if not total:
+        return ""
+    return (f'<p>run total: {total["energy_j"]:.4g} J over {total["steps"]} metered steps '
+            f'({total["energy_j_per_step"]:.4g} J/step, {total["energy_kwh"]:.3g} kWh; meter: {esc(total["backend"])}; '
+            "all ranks summed)</p>")
+
+
+def _skipped_training(skipped: Any) -> str:
+    if isinstance(skipped, dict) and skipped.get("available") is False:
+        return _na(skipped)
+    if isinstance(skipped, dict) and "count" in skipped:
+        reasons = ", ".join(f"{esc(k)}: {n}" for k, n in skipped.get("by_reason", {}).items())
+        examples = "".join(f"<li>{esc(x)}</li>" for x in skipped.get("examples", []))
+        return (f"{skipped['count']}{f' ({reasons})' if reasons else ''}"
+                + (f"<ul class=small>{examples}</ul>" if examples else ""))
+    return esc(skipped)
 
 
 def _data_and_hardware(r: dict[str, Any]) -> str:
@@ -162,10 +184,10 @@ def _data_and_hardware(r: dict[str, Any]) -> str:
     eff = r["efficiency"]
     parts.append("<h2>Throughput</h2>" + (_na(eff["throughput"]) if eff["throughput"].get("available") is False
                                           else _kv_table(eff["throughput"])))
-    parts.append("<h2>Energy</h2>" + (_na(eff["energy"]) if eff["energy"].get("available") is False
-                                      else _kv_table(eff["energy"])))
     if eff["loss_curve"]:
-        parts.append(line_chart("training loss", {"loss": eff["loss_curve"]}, width=560))
+        parts.append("<h3>Training loss</h3>" + line_chart("training loss", {"loss": eff["loss_curve"]}, width=560))
+    parts.append("<h2>Energy</h2>" + (_na(eff["energy"]) if eff["energy"].get("available") is False
+                                      else _kv_table(eff["energy"]) + _energy_total(eff["energy"].get("run_total"))))
     return "".join(parts)
 
 

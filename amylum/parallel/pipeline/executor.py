@@ -45,24 +45,46 @@ class PipelineExecutor:
         stage: int,
         module: nn.Module,
         actions: list,
-        stage_ranks: dict[int, int],
+        stage_ranks: dict[int, int] | None = None,
         device="cpu",
         tied_group: dist.ProcessGroup | None = None,
+        *,
+        layout=None,
+        rank: int | None = None,
     ):
+        """Peers come from ``stage_ranks`` (one rank per stage) or from a ``RuntimeLayout``
+        (``amylum.parallel.layout``) and this ``rank``, which also covers TP groups of
+        different widths on the two ends of a pipeline edge."""
         self.stage, self.module, self.actions = stage, module, actions
         self.tied_group = tied_group
-        self.stage_ranks, self.device = stage_ranks, torch.device(device)
+        self.device = torch.device(device)
+        if (stage_ranks is None) == (layout is None):
+            raise ValueError("pass exactly one of stage_ranks or layout (with rank)")
+        if layout is not None and rank is None:
+            raise ValueError("a layout needs this process's rank")
+        self.stage_ranks, self.layout, self.rank = stage_ranks, layout, rank
+        known = set(stage_ranks) if stage_ranks is not None else set(layout.stage_ranks)
         for a in actions:
             if a.stage != stage:
                 raise ValueError(f"action {a} belongs to stage {a.stage}, not {stage}")
-            if a.op in ("SEND", "RECV") and a.peer not in stage_ranks:
+            if a.op in ("SEND", "RECV") and a.peer not in known:
                 raise ValueError(f"action {a} names stage {a.peer}, which has no rank")
         # Inputs need autograd only when a gradient is sent back for them.
         self._grad_peers = {(a.mb, a.peer) for a in actions if a.op == "SEND" and a.data == "grad"}
 
+    def _src(self, peer: int, data: str) -> int:
+        if self.layout is None:
+            return self.stage_ranks[peer]
+        return self.layout.recv_from(self.rank, peer, data)
+
+    def _dsts(self, peer: int, data: str) -> tuple[int, ...]:
+        if self.layout is None:
+            return (self.stage_ranks[peer],)
+        return self.layout.send_to(self.rank, peer, data)
+
     # -- point to point ------------------------------------------------------------------
-    def _recv(self, peer: int) -> torch.Tensor:
-        src = self.stage_ranks[peer]
+    def _recv(self, peer: int, data: str) -> torch.Tensor:
+        src = self._src(peer, data)
         h = torch.empty(_HEADER, dtype=torch.int64)
         dist.recv(h, src)
         dtype, ndim = _DTYPES[int(h[0])], int(h[1])
@@ -81,7 +103,7 @@ class PipelineExecutor:
         loss_total = None
         for a in self.actions:
             if a.op == "RECV":
-                t = self._recv(a.peer)
+                t = self._recv(a.peer, a.data)
                 if a.data == "act":
                     if (a.mb, a.peer) in self._grad_peers and t.is_floating_point():
                         t.requires_grad_(True)
@@ -102,7 +124,8 @@ class PipelineExecutor:
                     t = x.grad if x.grad is not None else torch.zeros_like(x)  # unused input: zero gradient
                 t = t.detach().contiguous()
                 keep_alive.append(t)
-                pending += [dist.isend(_header(t), self.stage_ranks[a.peer]), dist.isend(t, self.stage_ranks[a.peer])]
+                for dst in self._dsts(a.peer, a.data):
+                    pending += [dist.isend(_header(t), dst), dist.isend(t, dst)]
             elif a.op == "B":
                 out = outputs.pop(a.mb)
                 if out.requires_grad and out.numel() > 0:
