@@ -6,7 +6,6 @@ import copy
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
@@ -17,7 +16,8 @@ from amylum.parallel.pipeline import PipelineExecutor, build_stage  # noqa: E402
 from amylum.parallel.tensor import apply_tp  # noqa: E402
 from amylum.planner.plan import Plan, StagePlan  # noqa: E402
 from amylum.planner.schedule import StageGraph, build_schedule  # noqa: E402
-from pipeline_workers import TOL, _microbatches, _model  # noqa: E402
+from compare import TOL, compare_steps  # noqa: E402,F401
+from pipeline_workers import _microbatches, _model  # noqa: E402
 
 
 def modality_parallel_plan() -> Plan:
@@ -44,7 +44,6 @@ def plan_worker(rank, world_size):
     model = _model()
     ref = copy.deepcopy(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    ref_params = dict(ref.named_parameters())
     mbs = _microbatches(model)
     count = sum(int((mb.labels[:, 1:] != -100).sum()) for mb in mbs)
 
@@ -58,25 +57,14 @@ def plan_worker(rank, world_size):
     schedule = build_schedule(StageGraph(inputs=layout.stage_inputs, has_bwd=flags, has_w=flags), len(mbs), "1f1b")
     executor = PipelineExecutor(role.stage, stage_module, schedule[role.stage], layout=layout, rank=rank)
 
-    opt = torch.optim.AdamW([p for p in stage_module.parameters() if p.requires_grad], lr=1e-3)
-    ref_opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-3)
-    worst = 0.0
-    for _ in range(3):
-        ref_loss = sum(ref(mb, num_items_in_batch=count).loss for mb in mbs)
-        ref_loss.backward()
-        loss = executor.step(mbs, num_items_in_batch=count)
-        if loss is not None:
-            worst = max(worst, abs(float(loss) - float(ref_loss)))
-        for n, p in stage_module.named_parameters():
-            q = ref_params[stage_names[n]]
-            if q.grad is None:
-                continue
-            g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            diff = (g - q.grad).abs().max().item()
-            assert diff < TOL, f"rank {rank} stage {role.stage}: {stage_names[n]} gradient differs by {diff}"
-            worst = max(worst, diff)
-        opt.step()
-        ref_opt.step()
-        opt.zero_grad()
-        ref_opt.zero_grad()
-    return worst
+    named = [(stage_names[n], p) for n, p in stage_module.named_parameters()]
+
+    def step():
+        return executor.step(mbs, num_items_in_batch=count)
+
+    def ref_step():
+        loss = sum(ref(mb, num_items_in_batch=count).loss for mb in mbs)
+        loss.backward()
+        return loss
+
+    return compare_steps(step, ref_step, named, ref, label=f"rank {rank} stage {role.stage}: ")
