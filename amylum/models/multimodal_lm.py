@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Mapping
 
 import torch
@@ -270,53 +269,23 @@ class MultimodalLM(nn.Module):
         return MultimodalOutput(loss=loss, logits=None, num_target_tokens=torch.tensor(count))
 
     # -- generation ----------------------------------------------------------------------
-    @torch.no_grad()
     def generate(
-        self, batch: MultimodalBatch, *, max_new_tokens: int, eos_token_id: int | None = None
+        self,
+        batch: MultimodalBatch,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int | None = None,
+        sampling=None,
+        all_done=None,
     ) -> list[list[int]]:
-        """Greedy continuation of each row's prompt (one sample per row, right-padded).
+        """New token ids per row (one sample per row, right-padded prompts); see ``models/generation.py``.
 
-        Rows are left-aligned so new tokens append at the right; encoders run once. Each step
-        re-runs the LLM over the whole prefix (no KV cache): meant for short answers in
-        evaluation, where it keeps the multimodal mask exact without a cache-aware mask.
+        ``sampling``: a ``Sampling`` (temperature, top_p, seed); default greedy. ``all_done``:
+        under a sharded runtime, decides the early stop for all ranks together.
         """
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if bool((batch.sample_ids > 0).any()):
-            raise ValueError("generate() takes one sample per row; got a packed batch")
-        embeds = self.embed(batch)
-        valid = batch.sample_ids >= 0
-        lengths = valid.sum(dim=1)
-        seq = batch.input_ids.shape[1]
-        # Left-align: row r is rotated right by (seq - length_r), moving its padding to the front.
-        shift = (seq - lengths)[:, None]
-        index = (torch.arange(seq, device=embeds.device)[None, :] - shift) % seq
-        take = lambda t: torch.gather(t, 1, index)  # noqa: E731
-        embeds = torch.gather(embeds, 1, index[..., None].expand_as(embeds))
-        seg = SimpleNamespace(
-            sample_ids=take(batch.sample_ids), segment_ids=take(batch.segment_ids), kinds=take(batch.kinds)
+        from amylum.models.generation import Sampling, generate
+
+        return generate(
+            self, batch, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+            sampling=sampling or Sampling(), all_done=all_done,
         )
-        positions = take(batch.position_ids)
-        embedding = self.llm.get_input_embeddings()
-        rows = embeds.shape[0]
-        out: list[list[int]] = [[] for _ in range(rows)]
-        done = torch.zeros(rows, dtype=torch.bool, device=embeds.device)
-        for _ in range(max_new_tokens):
-            logits = self.llm(
-                inputs_embeds=embeds, position_ids=positions, use_cache=False, **self._llm_inputs(seg)
-            ).logits[:, -1]
-            nxt = logits.argmax(dim=-1)
-            for r, tok in enumerate(nxt.tolist()):
-                if not done[r]:
-                    out[r].append(tok)
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
-                if bool(done.all()):
-                    break
-            col = lambda t, v: torch.cat([t, torch.full_like(t[:, :1], v)], dim=1)  # noqa: E731
-            embeds = torch.cat([embeds, embedding(nxt)[:, None]], dim=1)
-            seg = SimpleNamespace(sample_ids=col(seg.sample_ids, 0), segment_ids=col(seg.segment_ids, -1), kinds=col(seg.kinds, 0))
-            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-        if eos_token_id is not None:
-            out = [o[: o.index(eos_token_id)] if eos_token_id in o else o for o in out]
-        return out
