@@ -22,6 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from amylum.tomlfile import read_toml
 
 
 class ConfigError(ValueError):
@@ -235,14 +236,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """Defaults ← TOML file ← ``--section.key=value`` overrides, then ``validate``."""
     cfg = Config()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            table = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: not valid TOML: {e}") from e
-        _apply_table(cfg, table, str(p))
+        table = read_toml(path, "config file", ConfigError)
+        _apply_table(cfg, table, str(path))
     sections = _section_types(Config)
     for arg in normalize_overrides(list(overrides)):
         section, key, raw = _parse_override(arg)

@@ -29,12 +29,12 @@ Unknown keys are errors that name the key (a typo must not silently evaluate som
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amylum.evaluation.generate import Sampling
+from amylum.tomlfile import read_toml
 
 
 class EvalConfigError(ValueError):
@@ -265,13 +265,7 @@ def parse_suite(table: dict[str, Any], base_dir: str | Path = ".", source: str =
 
 def load_suite(path: str | Path) -> SuiteConfig:
     p = Path(path)
-    if not p.is_file():
-        raise EvalConfigError(f"evaluation suite not found: {p}")
-    try:
-        table = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise EvalConfigError(f"{p}: not valid TOML: {e}") from e
-    return parse_suite(table, p.parent, str(p))
+    return parse_suite(read_toml(p, "evaluation suite", EvalConfigError), p.parent, str(p))
 
 
 def default_suite(eval_path: str | Path, *, max_samples: int = 200, batch_size: int = 16,

@@ -9,13 +9,13 @@ Unknown keys and impossible values are ``ConfigError``s, raised before anything 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amylum.config import ConfigError
 from amylum.selection.zoo import Component, component_from_dict
+from amylum.tomlfile import read_toml
 
 
 @dataclass
@@ -142,13 +142,7 @@ def settings_from_dict(data: dict[str, Any]) -> SelectionSettings:
 
 
 def load_settings(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> SelectionSettings:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"selection config {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    data = read_toml(path, "selection config", ConfigError)
     for section, table in (overrides or {}).items():
         data.setdefault(section, {}).update(table)
     return settings_from_dict(data)
