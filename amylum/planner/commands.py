@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                    "runs the whole backward in B, so a W split's simulated gain is not realised there yet")
     p.add_argument("--profile", default=None, help="measured profile file (from `amylum profile`)")
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
-    p.set_defaults(func=_adapt(run_plan), accepts_overrides=False)
+    p.set_defaults(func=command(run_plan), accepts_overrides=False)
 
     s = subparsers.add_parser(
         "simulate", help="replay a plan file: iteration time, bubbles, memory, Gantt chart",
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     s.add_argument("--png", default=None, help="chart path (default: PLAN with .png)")
     s.add_argument("--timeline", action="store_true", help="also print a text timeline")
     s.add_argument("--profile", default=None, help="measured profile file")
-    s.set_defaults(func=_adapt(run_simulate), accepts_overrides=False)
+    s.set_defaults(func=command(run_simulate), accepts_overrides=False)
 
     f = subparsers.add_parser(
         "profile", help="time each layer kind's forward/backward and memory on this device",
@@ -56,20 +56,29 @@ def register(subparsers) -> None:
     f.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (1 gives steadier figures on a busy machine)")
     f.add_argument("--out", default="profile.json")
-    f.set_defaults(func=_adapt(run_profile), accepts_overrides=False)
+    f.set_defaults(func=command(run_profile), accepts_overrides=False)
 
 
-def _adapt(fn):
-    # cli.py calls func(args, extra); planner commands take no config overrides
+def command(fn, *, unavailable: type[Exception] | None = None, unavailable_code: int = 3):
+    """Wrap ``fn(args)`` as cli.py's ``func(args, extra)`` for commands without config overrides.
+
+    Bad input (every ValueError) exits 2 with its message; ``unavailable`` (e.g. no GPU for a
+    measurement) exits ``unavailable_code`` saying what is missing.
+    """
     def call(args, extra=None):
         if extra:
             print(f"amylum {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
             return 2
         try:
             return fn(args)
-        except ValueError as e:
-            print(f"amylum {args.command}: {e}", file=sys.stderr)
-            return 2
+        except Exception as e:
+            if unavailable is not None and isinstance(e, unavailable):
+                print(f"amylum {args.command}: not available here: {e}", file=sys.stderr)
+                return unavailable_code
+            if isinstance(e, ValueError):
+                print(f"amylum {args.command}: {e}", file=sys.stderr)
+                return 2
+            raise
     return call
 
 

@@ -12,7 +12,6 @@ planner's commands module and measures layer FLOP rates; this one needs a plan f
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 EXIT_UNAVAILABLE = 3  # the machine cannot measure (no GPU, no privilege): not a usage error
@@ -54,22 +53,11 @@ def register(subparsers) -> None:
 
 
 def _run(fn):
-    # cli.py calls func(args, extra); these commands take no config overrides
-    def call(args, extra=None):
-        from .measure import EnergyProfileUnavailable
+    from amylum.planner.commands import command
 
-        if extra:
-            print(f"amylum {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
-            return 2
-        try:
-            return fn(args)
-        except EnergyProfileUnavailable as e:
-            print(f"amylum {args.command}: not available here: {e}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        except ValueError as e:  # PlanError, ProfileError, DAGError, bad numbers: all ValueErrors
-            print(f"amylum {args.command}: {e}", file=sys.stderr)
-            return 2
-    return call
+    from .measure import EnergyProfileUnavailable
+
+    return command(fn, unavailable=EnergyProfileUnavailable, unavailable_code=EXIT_UNAVAILABLE)
 
 
 def load_profile(path: str):
