@@ -16,8 +16,8 @@ from amylum.parallel.pipeline import PipelineExecutor, build_stage  # noqa: E402
 from amylum.parallel.tensor import apply_tp  # noqa: E402
 from amylum.planner.plan import Plan, StagePlan  # noqa: E402
 from amylum.planner.schedule import StageGraph, build_schedule  # noqa: E402
-from compare import TOL, compare_steps  # noqa: E402,F401
-from pipeline_workers import _microbatches, _model  # noqa: E402
+from compare import TOL  # noqa: E402,F401
+from pipeline_workers import _microbatches, _model, _pipeline_steps  # noqa: E402
 
 
 def modality_parallel_plan() -> Plan:
@@ -58,13 +58,4 @@ def plan_worker(rank, world_size):
     executor = PipelineExecutor(role.stage, stage_module, schedule[role.stage], layout=layout, rank=rank)
 
     named = [(stage_names[n], p) for n, p in stage_module.named_parameters()]
-
-    def step():
-        return executor.step(mbs, num_items_in_batch=count)
-
-    def ref_step():
-        loss = sum(ref(mb, num_items_in_batch=count).loss for mb in mbs)
-        loss.backward()
-        return loss
-
-    return compare_steps(step, ref_step, named, ref, label=f"rank {rank} stage {role.stage}: ")
+    return _pipeline_steps(executor, mbs, mbs, count, ref, named)
