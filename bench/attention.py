@@ -238,25 +238,34 @@ def measure(args, run, state, q, k, v, dout, backward: bool):
     return statistics.median(fwd), (statistics.median(total) if total else float("nan")), peak
 
 
+def row_inputs(args, seq, samples, kv_heads):
+    """One row's batch (on the device), its useful entries, and seeded q, k, v (requiring grad) and dout."""
+    batch = multimodal_batch(seq, samples, args.image_tokens)
+    batch = SimpleNamespace(**{k: t.to(args.device) for k, t in vars(batch).items()})
+    useful = float(mask_spec(batch).allowed_count().sum())
+    g = torch.Generator(device=args.device).manual_seed(0)
+    H, D = args.heads, args.head_dim
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, device=args.device, dtype=args.dtype)
+
+    q, k, v = rnd(1, H, seq, D), rnd(1, kv_heads, seq, D), rnd(1, kv_heads, seq, D)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    return batch, useful, (q, k, v, rnd(1, H, seq, D))
+
+
 def bench_table(args):
     rows = []
     ms = methods(args)
     for case, seq, samples, kv_heads in cases(args):
-        batch = multimodal_batch(seq, samples, args.image_tokens)
-        batch = SimpleNamespace(**{k: t.to(args.device) for k, t in vars(batch).items()})
-        spec = mask_spec(batch)
-        useful = float(spec.allowed_count().sum())
+        # Fresh compiled code per row: every compiled method gets kernels specialised to this
+        # row's shapes, as in a training run with fixed-length rows (a dynamic-shape kernel, what
+        # one compiled function turns into after a second length, is 8-25 % slower).
+        torch._dynamo.reset()
+        batch, useful, (q, k, v, dout) = row_inputs(args, seq, samples, kv_heads)
         causal_entries = float(seq * (seq + 1) // 2)
-        g = torch.Generator(device=args.device).manual_seed(0)
         H, D = args.heads, args.head_dim
-
-        def rnd(*shape):
-            return torch.randn(*shape, generator=g, device=args.device, dtype=args.dtype)
-
-        q, k, v = rnd(1, H, seq, D), rnd(1, kv_heads, seq, D), rnd(1, kv_heads, seq, D)
-        for t in (q, k, v):
-            t.requires_grad_(True)
-        dout = rnd(1, H, seq, D)
         flash_tflops = None
         for name, (prepare, run) in ms:
             row = dict(case=case, seq=seq, kv_heads=kv_heads, method=name)

@@ -153,7 +153,7 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate):
     if amylum_path:
         model.validate_inputs = False
         if not args.no_compile:
-            compile_blocks(model)
+            compile_blocks(model, **({"mode": args.compile_mode} if args.compile_mode else {}))
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=1e-5, fused=device == "cuda")
     cpu_batch = make_batch(model, shape, vocab, args.seed)
@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="fast", help="amylum attention backend for the target row")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-mode", help="torch.compile mode for the blocks, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--skip-causal", action="store_true", help="skip the loss-agreement row")
     ap.add_argument("--cpu-smoke", action="store_true")
     args = ap.parse_args()
