@@ -68,6 +68,13 @@ class DataConfig:
     n_eval: int = _help("Demo: held-out samples to generate.", default=200)
     max_length: int = _help("Longest sample in tokens; longer samples are an error, never truncated.", default=256)
     on_error: str = _help('Bad records: "raise" or "skip" (skipped records are counted and reported).', default="raise")
+    balance: str = _help(
+        'Microbatch assignment: "none" (shuffled batches of batch_size) or "hierarchical" (each step\'s '
+        "batch_size × grad_accum × replicas samples split so encoder and LLM work per replica and per "
+        'micro-batch are even, estimated from record metadata; docs/microbatching.md). The baselines '
+        '"random", "dataset_order", "sorted_greedy" and "lpt" are accepted for comparisons.',
+        default="none",
+    )
 
 
 @dataclass
@@ -132,6 +139,16 @@ class MetricsConfig:
 
 
 @dataclass
+class ParallelConfig:
+    plan: str = _help(
+        'Plan file (`amylum plan --out`) for runs under torchrun; "" = ask the planner for the launched world size.',
+        default="")
+    timeout_s: float = _help(
+        "Timeout of every collective and point-to-point op under torchrun: a hung rank fails the job after it.",
+        default=300.0)
+
+
+@dataclass
 class Config:
     job: JobConfig = field(default_factory=JobConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -140,6 +157,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 # --------------------------------------------------------------------------- type checking
@@ -287,6 +305,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("training.precision = 'bf16' needs a GPU; job.device is 'cpu' (use 'auto' or 'fp32')")
     _choice(d.demo, ("auto", "vlm", "valm", "none"), "data.demo")
     _choice(d.on_error, ("raise", "skip"), "data.on_error")
+    from amylum.planner.microbatch import POLICIES  # the assignment policies live with the planner
+
+    _choice(d.balance, ("none", *POLICIES), "data.balance")
     if d.demo == "none":
         if not d.path:
             raise ConfigError("data.demo = 'none' needs data.path (LLaVA-style records)")
@@ -313,6 +334,9 @@ def validate(cfg: Config) -> None:
     if c.resume not in ("auto", "never") and not Path(c.resume).is_dir():
         raise ConfigError(f"checkpoint.resume = {c.resume!r}: not 'auto', 'never' or an existing checkpoint folder")
     _positive(m.log_every, "metrics.log_every")
+    _positive(cfg.parallel.timeout_s, "parallel.timeout_s")
+    if cfg.parallel.plan and not Path(cfg.parallel.plan).is_file():
+        raise ConfigError(f"parallel.plan: {cfg.parallel.plan} does not exist (a plan file from `amylum plan`)")
     _positive(m.peak_tflops, "metrics.peak_tflops", allow_zero=True)
     _choice(cfg.model.llm, ("trainable", "frozen", "lora"), "model.llm")
     _choice(cfg.model.encoders, ("trainable", "frozen"), "model.encoders")

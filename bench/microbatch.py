@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Workload-balanced microbatches (issue 9): amylum's hierarchical assignment against dataset order,
-random, sort-by-total-tokens greedy and LPT on total work, measured in the same run.
+"""Workload-balanced microbatches (issue 9): amylum's hierarchical assignment (even, and aimed at the
+plan's pipeline load profile) against dataset order, random, sort-by-total-tokens greedy and LPT
+on total work, measured in the same run.
 
     python bench/microbatch.py            # both workloads, 4 global batches each: ~1 min on 2 CPU cores
     python bench/microbatch.py --batches 1 --quick   # smoke run
@@ -22,6 +23,12 @@ times from the same cost model (linear in tokens, mask entries, items and modali
 exactly per stage), and the planner's 1F1B schedule is replayed per replica with those durations
 (``replay`` with per-microbatch callbacks). Iteration = slowest replica + its DP gradient
 all-reduce. Memory is not checked for the larger, variable microbatches.
+
+"hierarchical+profile" aims each replica's microbatch k at share k of the plan's load profile
+(``profile_from_plan``: an LP over the 1F1B schedule, computed once per plan, its time printed
+apart). Two limits of the plan are printed per workload, from each batch's per-replica mean
+microbatch: the best any reshaping of microbatches can do (fluid microbatches, exact LP), and an
+iteration with no bubble at all (busiest stage's work + its DP sync).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from amylum.models.modality import AudioInputSpec, ImageInputSpec  # noqa: E402
 from amylum.planner import microbatch as mbp  # noqa: E402
 from amylum.planner.configs import EncoderInput, model_spec_from_configs  # noqa: E402
 from amylum.planner.cost import CostModel, grad_needs  # noqa: E402
+from amylum.planner.load_profile import pipeline_load_profile, profile_from_plan  # noqa: E402
 from amylum.planner.presets import preset_configs  # noqa: E402
 from amylum.planner.replay import replay  # noqa: E402
 from amylum.planner.schedule import build_schedule  # noqa: E402
@@ -51,7 +59,7 @@ from amylum.planner.spec import ClusterSpec, freeze  # noqa: E402
 from amylum.planner.workload import Features, batch_stats, coefficients_from_preset, work_table  # noqa: E402
 
 REPLICAS, MICROBATCHES, GLOBAL_BATCH = 8, 16, 4096
-POLICY_ORDER = ("dataset_order", "random", "sorted_greedy", "lpt", "hierarchical")
+POLICY_ORDER = ("dataset_order", "random", "sorted_greedy", "lpt", "hierarchical", "hierarchical+profile")
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -101,7 +109,8 @@ def mean_sample_plan(w: Workload):
     gpus = REPLICAS * (4 + len(encs))
     cluster = ClusterSpec.of(gpus)
     opts = SearchOptions(tp_choices=(1,), mb_choices=(1,), llm_pp_choices=(4,), branch_pp_max=1,
-                         placements=("modality_parallel",), checkpointing=(True,), simulate_top=2)
+                         placements=("modality_parallel",), checkpointing=(True,), simulate_top=2,
+                         zero_bubble=False)  # the 1F1B pipeline this bench replays
     res = search(model, cluster, GLOBAL_BATCH, opts)
     if res.plan.dp != REPLICAS:
         raise RuntimeError(f"planner chose dp={res.plan.dp}, the bench needs {REPLICAS}")
@@ -201,6 +210,39 @@ def replay_iteration(plan, st: StageTimes, cm: CostModel, xs: list[np.ndarray], 
     return max(tr.end[s] + sync[s] for s in tr.end)
 
 
+def fluid_bounds(plan, st: StageTimes, cm: CostModel, sched, sync: dict, xbar: np.ndarray) -> tuple[float, float]:
+    """Two limits for one replica whose microbatches average ``xbar``, whatever the assignment:
+
+    - best shaped: every microbatch a scaled copy of the mean (fluid, any share in [0.25, 1.5]),
+      shaped by the exact LP of ``pipeline_load_profile``, replayed;
+    - no bubble: the busiest stage's own work plus its DP sync (no fill, drain or waiting).
+    """
+    ops = {"F": 0, "B": 1, "W": 2}
+
+    def coef(s, op):
+        c = st.coef[s][ops[op]]
+        return c + st.coef[s][2] if op == "B" and not plan.split_w else c
+
+    def op_time(s, op):
+        c = coef(s, op)
+        return float(c[0]), float(c @ xbar - c[0])
+
+    node = cm.cluster.gpus_per_node
+
+    def transfer_time(s, peer, data):
+        col, per = st.out_per_unit[s if data == "act" else peer]
+        inter = plan.stage(s).ranks[0][0] // node != plan.stage(peer).ranks[0][0] // node
+        fixed = cm.p2p_time(0.0, inter)
+        return fixed, cm.p2p_time(xbar[col] * per / plan.stage(s).tp, inter) - fixed
+
+    shares = pipeline_load_profile(sched, op_time, transfer_time, {s: 0 for s in sched}, 1, MICROBATCHES,
+                                   sync=sync)[:, 0]
+    xs = [np.r_[1.0, xbar[1:] * p] for p in shares]
+    shaped = replay_iteration(plan, st, cm, xs, sched, sync)
+    busy = max(sum(float(coef(s, a.op) @ xbar) for a in acts if a.op in ops) + sync[s] for s, acts in sched.items())
+    return shaped, busy
+
+
 # ----------------------------------------------------------------------------- run
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,13 +281,21 @@ def main() -> None:
         print(f"plan: {len(plan.stages)} stages/replica "
               f"({', '.join(f'{s.chain}:{len(s.layers)}L' for s in plan.stages)}), dp={plan.dp}, "
               f"{plan.world_size} GPUs, checkpointing={plan.checkpointing}")
+        t0 = time.perf_counter()
+        profile = profile_from_plan(plan, _model, cluster, MICROBATCHES, (*table.modalities, "llm"))
+        lp_ms = (time.perf_counter() - t0) * 1e3
+        print(f"load profile ({lp_ms:.0f} ms, once per plan): " + " ".join(f"{x:.2f}" for x in profile[:, -1]))
+        policies = {name: mbp.get_policy(name) for name in POLICY_ORDER if name in mbp.POLICIES}
+        policies["hierarchical+profile"] = lambda t, r, m, seed=0: mbp.hierarchical(t, r, m, seed, profile=profile)
         perm = np.random.default_rng(args.seed + 1).permutation(len(table))
         rows = {p: {"cv_enc": [], "cv_llm": [], "ms": [], "iter": []} for p in POLICY_ORDER}
+        deviation = {"encoder": [], "llm": []}
+        bounds = {"shaped": [], "busy": []}
         for bi in range(args.batches):
             pos = perm[bi * GLOBAL_BATCH:(bi + 1) * GLOBAL_BATCH]
             sub, subf = table.take(pos), w.features.take(pos)
             for name in POLICY_ORDER:
-                pol = mbp.get_policy(name)
+                pol = policies[name]
                 times = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
@@ -253,6 +303,14 @@ def main() -> None:
                     times.append(time.perf_counter() - t0)
                 mbp.check_assignment(a, len(sub), REPLICAS, MICROBATCHES)
                 bal = mbp.balance(sub, a)
+                if name == "hierarchical":  # the limits of this batch, from its per-replica mean microbatch
+                    lim = [fluid_bounds(plan, st, cm, sched, sync,
+                                        np.mean([st.variables(subf, idx) for idx in mbs], axis=0)) for mbs in a]
+                    bounds["shaped"].append(max(x for x, _ in lim))
+                    bounds["busy"].append(max(y for _, y in lim))
+                if name == "hierarchical+profile":
+                    for k, v in mbp.profile_deviation(sub, a, profile).items():
+                        deviation[k].append(v)
                 it = max(replay_iteration(plan, st, cm, [st.variables(subf, idx) for idx in mbs], sched, sync)
                          for mbs in a)
                 r = rows[name]
@@ -261,15 +319,22 @@ def main() -> None:
                 r["ms"].append(min(times) * 1e3)
                 r["iter"].append(it)
         base = {k: statistics.mean(rows["random"][k]) for k in ("cv_enc", "cv_llm", "iter")}
-        print(f"{'policy':<14} {'CV enc':>8} {'CV llm':>8} {'enc ×':>7} {'llm ×':>7} {'iter s':>8} "
+        print(f"{'policy':<21} {'CV enc':>8} {'CV llm':>8} {'enc ×':>7} {'llm ×':>7} {'iter s':>8} "
               f"{'speedup':>8} {'assign ms':>10}")
         for name in POLICY_ORDER:
             r = {k: statistics.mean(v) for k, v in rows[name].items()}
             ratio = lambda b, x: b / x if x > 0 else float("inf")  # noqa: E731
-            line = (f"{name:<14} {r['cv_enc']:>8.4f} {r['cv_llm']:>8.4f} {ratio(base['cv_enc'], r['cv_enc']):>6.1f}x "
+            line = (f"{name:<21} {r['cv_enc']:>8.4f} {r['cv_llm']:>8.4f} {ratio(base['cv_enc'], r['cv_enc']):>6.1f}x "
                     f"{ratio(base['cv_llm'], r['cv_llm']):>6.1f}x {r['iter']:>8.3f} "
                     f"{base['iter'] / r['iter']:>7.3f}x {max(rows[name]['ms']):>10.1f}")
             print(line)
+        rnd = (base["cv_enc"], base["cv_llm"])
+        dev = (statistics.mean(deviation["encoder"]), statistics.mean(deviation["llm"]))
+        print(f"hierarchical+profile against its profile: CV enc {dev[0]:.4f} ({rnd[0] / dev[0]:.1f}x below random's "
+              f"CV), CV llm {dev[1]:.4f} ({rnd[1] / dev[1]:.1f}x)")
+        shaped, busy = statistics.mean(bounds["shaped"]), statistics.mean(bounds["busy"])
+        print(f"limits of this plan: best-shaped fluid microbatches {shaped:.3f} s ({base['iter'] / shaped:.3f}x); "
+              f"no bubble at all {busy:.3f} s ({base['iter'] / busy:.3f}x)")
     print(f"\n(ratios and speedup against random; CV over all {REPLICAS}x{MICROBATCHES} microbatches, mean of "
           f"{args.batches} global batches; assign ms = worst batch's best of {args.repeats} runs)")
 

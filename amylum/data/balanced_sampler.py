@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from amylum.planner.microbatch import check_assignment, get_policy
+from amylum.planner.microbatch import PROFILED, check_assignment, check_profile, get_policy
 from amylum.planner.workload import WorkTable
 
 STATE_KEYS = ("epoch", "iteration", "microbatch", "seed")
@@ -39,10 +39,13 @@ class BalancedBatchSampler:
         replicas, rank: data-parallel size and this rank's replica.
         policy: a name in :data:`amylum.planner.microbatch.POLICIES`.
         seed: the epoch order is ``default_rng([seed, epoch]).permutation(n)``.
+        profile: optional load profile for a pipelined replica, shares per microbatch (and
+            column), e.g. :func:`amylum.planner.load_profile.profile_from_plan`; policies in
+            :data:`amylum.planner.microbatch.PROFILED` only.
     """
 
     def __init__(self, work: WorkTable, global_batch: int, microbatches: int, replicas: int = 1, rank: int = 0,
-                 policy: str = "hierarchical", seed: int = 0, shuffle: bool = True):
+                 policy: str = "hierarchical", seed: int = 0, shuffle: bool = True, profile=None):
         n = len(work)
         if replicas < 1 or microbatches < 1:
             raise ValueError(f"need >= 1 replica and >= 1 microbatch, got {replicas} x {microbatches}")
@@ -60,6 +63,9 @@ class BalancedBatchSampler:
         self.rank = int(rank)
         self.policy_name = policy
         self.policy = get_policy(policy)
+        if profile is not None and policy not in PROFILED:
+            raise ValueError(f"policy {policy!r} takes no load profile; policies that do: {', '.join(PROFILED)}")
+        self.profile = None if profile is None else check_profile(profile, microbatches, work.matrix.shape[1])
         self.seed = int(seed)
         self.shuffle = shuffle
         self.epoch = 0
@@ -86,7 +92,8 @@ class BalancedBatchSampler:
         ids = self.order(epoch)[iteration * self.global_batch:(iteration + 1) * self.global_batch]
         # the policy's own seed (used by "random") is derived, so iterations never share a stream
         pseed = int(np.random.SeedSequence([self.seed, epoch, iteration]).generate_state(1)[0])
-        a = self.policy(self.work.take(ids), self.replicas, self.microbatches, seed=pseed)
+        extra = {} if self.profile is None else {"profile": self.profile}
+        a = self.policy(self.work.take(ids), self.replicas, self.microbatches, seed=pseed, **extra)
         check_assignment(a, len(ids), self.replicas, self.microbatches)
         return [[ids[idx].tolist() for idx in mbs] for mbs in a]
 

@@ -27,7 +27,8 @@ def find_layer_list(module: nn.Module) -> nn.ModuleList | None:
 
 def component_blocks(model: nn.Module) -> Iterator[tuple[str, nn.ModuleList]]:
     """(component name, its block list) for the LLM and every encoder of a MultimodalLM."""
-    llm_blocks = find_layer_list(model.llm)
+    # A pipeline's encoder stage holds no LLM.
+    llm_blocks = find_layer_list(model.llm) if getattr(model, "llm", None) is not None else None
     if llm_blocks is not None:
         yield "llm", llm_blocks
     for name, branch in model.encoders.items():

@@ -98,8 +98,34 @@ class RunParts:
     paths: DataPaths
 
 
+def build_train_loader(cfg: Config, dataset, model: nn.Module, rank: int = 0, world_size: int = 1, profile=None):
+    """The training loader of DP replica ``rank`` of ``world_size``; with ``data.balance`` set, one
+    step's ``grad_accum`` micro-batches per replica are balanced by work estimated from the records
+    and the model's cost (before loading). Call it before the model is wrapped for parallelism.
+    ``profile``: a pipeline's load profile (``amylum.planner.load_profile.profile_from_plan``)."""
+    from amylum.data.dataset import ResumableLoader
+
+    t, d = cfg.training, cfg.data
+    if d.balance == "none":
+        if profile is not None:
+            raise ConfigError("a load profile needs data.balance = 'hierarchical'")
+        return ResumableLoader(dataset, batch_size=t.batch_size, seed=cfg.job.seed, max_length=d.max_length,
+                               rank=rank, world_size=world_size)
+    from amylum.planner.workload import coefficients_from_model
+
+    global_batch = t.batch_size * t.grad_accum * world_size
+    if global_batch > len(dataset):
+        raise ConfigError(f"data.balance = {d.balance!r}: a step's global batch (training.batch_size × "
+                          f"training.grad_accum × {world_size} replicas = {global_batch}) exceeds the "
+                          f"{len(dataset)} training samples")
+    coef = coefficients_from_model(model, mask="causal" if cfg.model.attention == "hf" else "multimodal")
+    return ResumableLoader(dataset, batch_size=t.batch_size, seed=cfg.job.seed, max_length=d.max_length,
+                           rank=rank, world_size=world_size, balance=d.balance, microbatches=t.grad_accum,
+                           work=dataset.work_table(coef), profile=profile)
+
+
 def build_run(cfg: Config) -> RunParts:
-    from amylum.data.dataset import MultimodalDataset, ResumableLoader
+    from amylum.data.dataset import MultimodalDataset
     from amylum.data.processor import MultimodalProcessor
     from amylum.data.tokenizer import load_tokenizer
     from amylum.runtime.evaluation import make_evaluator
@@ -110,7 +136,6 @@ def build_run(cfg: Config) -> RunParts:
     model = build_model(cfg, vocab_size=len(tokenizer), device=device)
     specs = model.modality_specs()
     processor = MultimodalProcessor(tokenizer, specs, max_length=cfg.data.max_length, on_error=cfg.data.on_error)
-    train = ResumableLoader(MultimodalDataset(paths.train, processor), batch_size=cfg.training.batch_size,
-                            seed=cfg.job.seed, max_length=cfg.data.max_length)
+    train = build_train_loader(cfg, MultimodalDataset(paths.train, processor), model)
     evaluator = make_evaluator(cfg, paths.eval, tokenizer)
     return RunParts(device, model, train, evaluator, tokenizer, paths)

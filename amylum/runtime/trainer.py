@@ -211,7 +211,7 @@ class Trainer:
         total = cfg.training.steps
         end = total if stop_after is None else min(total, stop_after)
         result = TrainResult(start_step=self.step, final_step=self.step)
-        writer = MetricsWriter(self.run_dir, tensorboard=cfg.metrics.tensorboard, start_step=self.step)
+        writer = self._metrics_writer()
         bar = tqdm(total=total, initial=self.step, disable=not cfg.metrics.progress_bar, desc="train",
                    dynamic_ncols=True, leave=True)
         started = time.perf_counter()
@@ -221,7 +221,8 @@ class Trainer:
             while self.step < end:
                 self.energy.begin_step()
                 info = self.train_step()
-                energy.add(self.energy.end_step(tokens=info["tokens"]))
+                # Energy is summed over ranks, so each rank credits only the tokens it owns.
+                energy.add(self.energy.end_step(tokens=info.get("energy_tokens", info["tokens"])))
                 self._accumulate(window, info)
                 result.losses[self.step] = float(info["loss"])
                 bar.update(1)
@@ -255,6 +256,11 @@ class Trainer:
         result.wall_seconds = time.perf_counter() - started
         result.energy = energy.run_summary(self.energy.backend)
         return result
+
+    def _metrics_writer(self) -> Any:
+        """Where ``fit`` logs (``log(step, kind, values)`` and ``close()``); the distributed trainer
+        gives all ranks but one a writer that drops records."""
+        return MetricsWriter(self.run_dir, tensorboard=self.cfg.metrics.tensorboard, start_step=self.step)
 
     @staticmethod
     def _new_window() -> dict[str, Any]:

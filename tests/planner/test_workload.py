@@ -105,3 +105,20 @@ def test_batch_aggregates_vary_far_less_than_samples():
 def test_worktable_validation():
     with pytest.raises(ValueError, match="shapes"):
         WorkTable(np.zeros((3, 2)), np.zeros(3), np.zeros(3), ("a",))
+
+
+def test_coefficients_from_a_built_model_are_frozen_aware():
+    from amylum.models import build_preset
+    from amylum.planner.workload import coefficients_from_model
+
+    model = build_preset("tiny-valm", device="meta")
+    trainable = coefficients_from_model(model)
+    assert set(trainable.modalities) == {"vision", "audio"}
+    assert trainable.llm_per_token > 0 and trainable.llm_per_mask_entry > 0
+    for p in model.encoders["vision"].encoder.parameters():
+        p.requires_grad_(False)
+    frozen = coefficients_from_model(model, mask="causal")
+    # a frozen encoder with nothing trainable upstream runs forward only: about a third of the work
+    assert frozen.encoder_per_item["vision"] < 0.5 * trainable.encoder_per_item["vision"]
+    assert frozen.encoder_per_item["audio"] == trainable.encoder_per_item["audio"]
+    assert frozen.mask == "causal"

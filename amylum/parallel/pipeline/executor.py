@@ -128,7 +128,9 @@ class PipelineExecutor:
                     pending += [dist.isend(_header(t), dst), dist.isend(t, dst)]
             elif a.op == "B":
                 out = outputs.pop(a.mb)
-                if out.requires_grad and out.numel() > 0:
+                # An empty message of an idle encoder stage still requires grad: its backward
+                # runs the sharded encoder's collectives like its replicas' (DESIGN §4.4).
+                if out.requires_grad:
                     if out.dim() == 0:
                         out.backward()
                     else:

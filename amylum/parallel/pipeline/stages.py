@@ -74,21 +74,62 @@ def validate_assignments(model: nn.Module, assignments: list[StageAssignment]) -
         raise ValueError(f"pipeline-splitting {model_type} LLMs is not supported yet")
 
 
+class _EncoderHolder(nn.Module):
+    """Holds one modality branch under ``encoders.<name>``, as the MultimodalLM does, so a stage's
+    parameter names (``model.…``) are the full model's: checkpoints of any plan load into any other
+    plan, into one process and into ``amylum export``."""
+
+    def __init__(self, modality: str, branch: nn.Module) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict({modality: branch})
+
+
 class EncoderStage(nn.Module):
     def __init__(self, model: nn.Module, modality: str) -> None:
         super().__init__()
         self.modality = modality
-        self.branch = model.encoders[modality]
+        self.model = _EncoderHolder(modality, model.encoders[modality])
         self.width = model.llm.config.get_text_config().hidden_size
+        # Under FSDP every replica of this stage must run the encoder every microbatch, even one
+        # with none of its items (DESIGN §4.4): the model's flag, set by the runtime, says so.
+        self.run_idle = bool(getattr(model, "run_idle_encoders", False))
+
+    @property
+    def branch(self) -> nn.Module:
+        return self.model.encoders[self.modality]
 
     def forward(self, batch: MultimodalBatch, received: dict[int, torch.Tensor], num_items_in_batch=None) -> torch.Tensor:
         inputs = batch.encoder_inputs.get(self.modality)
-        if not inputs:
+        if not inputs or not batch.item_tokens.get(self.modality):
             # Nothing of this modality in the microbatch: an empty message keeps the schedule's
-            # SEND/RECV pairs intact without running the encoder.
+            # SEND/RECV pairs intact. Idle mode still runs the encoder on a dummy item, and the
+            # empty message depends on it (times zero), so backward reaches the sharded encoder.
             dtype = next(self.branch.parameters()).dtype
-            return torch.zeros(0, 1, self.width, dtype=dtype)
+            device = next(self.branch.parameters()).device
+            empty = torch.zeros(0, 1, self.width, dtype=dtype, device=device)
+            if not self.run_idle:
+                return empty
+            idle = self.branch(**self.branch.dummy_inputs(device))
+            return empty + 0.0 * idle.sum().to(dtype)
         return self.branch(**inputs)
+
+
+class _StageLayers(nn.ModuleList):
+    """A stage's slice of the LLM's blocks, named by their index in the whole model (``layers.5``
+    stays ``layers.5``), so stage checkpoints never collide and load into the whole model.
+    Positional access (``[0]``, slices, iteration) still sees the slice, as HF's forward expects."""
+
+    def __init__(self, blocks: list[nn.Module], start: int) -> None:
+        super().__init__()
+        for i, block in enumerate(blocks):
+            self.add_module(str(start + i), block)
+
+    def __getitem__(self, idx):
+        blocks = list(self._modules.values())
+        return nn.ModuleList(blocks[idx]) if isinstance(idx, slice) else blocks[idx]
+
+    def __setitem__(self, idx: int, module: nn.Module) -> None:
+        setattr(self, list(self._modules)[idx], module)
 
 
 class LLMStage(nn.Module):
@@ -99,7 +140,7 @@ class LLMStage(nn.Module):
         start, end = assignment.layers
         decoder = model.llm.get_decoder()
         blocks = find_layer_list(decoder)
-        decoder.layers = nn.ModuleList(list(blocks)[start:end]) if blocks is decoder.layers else _fail_layers(decoder)
+        decoder.layers = _StageLayers(list(blocks)[start:end], start) if blocks is decoder.layers else _fail_layers(decoder)
         if not last:
             decoder.norm = nn.Identity()
         for name in list(model.encoders):
@@ -108,6 +149,25 @@ class LLMStage(nn.Module):
         self.model = model
         self.first, self.last = first, last
         self.feeders = feeders  # peer stage → modality whose features it sends (first stage only)
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters this stage holds but never uses: the input embedding off the first stage and
+        the LM head off the last (HF keeps both in every copy of the model). A tied embedding is
+        used by the first and the last stage alike."""
+        llm = self.model.llm
+        embedding = llm.get_input_embeddings().weight
+        head = llm.get_output_embeddings()
+        used = set()
+        if self.first:
+            used.add(id(embedding))
+        if self.last and head is not None:
+            used.add(id(head.weight))
+        out, seen = [], set()
+        for p in (embedding, head.weight if head is not None else None):
+            if p is not None and id(p) not in used and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
 
     def forward(self, batch: MultimodalBatch, received: dict[int, torch.Tensor], num_items_in_batch=None):
         if self.first:

@@ -1,0 +1,121 @@
+"""One rank's part of a plan: its pipeline stage cut from the model, TP inside the stage, FSDP over
+the stage's data-parallel replicas, and the executor that runs the stage's action list.
+
+Every rank builds the whole model from the same seed (identical weights everywhere, like one
+process), then keeps its stage. Process groups are created by every rank in one fixed order,
+because ``new_group`` is collective over the whole world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from amylum.parallel.fsdp import apply_fsdp
+from amylum.parallel.layout import RankRole, RuntimeLayout
+from amylum.parallel.pipeline import LLM, PipelineExecutor, build_stage
+from amylum.parallel.tensor import apply_tp
+from amylum.planner.schedule import StageGraph, build_schedule
+
+
+@dataclass
+class RankStage:
+    role: RankRole
+    module: nn.Module  # the stage module the executor calls
+    state: nn.Module  # its parameters under the full model's names (checkpoints, optimizer)
+    executor: PipelineExecutor
+    reporter: bool  # holds its replica's loss (last LLM stage, TP index 0): counts once in sums
+    first_llm: bool
+    last_llm: bool
+    tied: bool  # first and last LLM stage hold the tied embedding: count it once in the norm
+
+
+@dataclass(frozen=True)
+class _Groups:
+    tp: dict[tuple[int, int], dist.ProcessGroup]  # (stage, replica) → its TP ranks
+    dp: dict[tuple[int, int], dist.ProcessGroup]  # (stage, tp index) → its replicas
+    tied: dict[tuple[int, int], dist.ProcessGroup]  # (replica, tp index) → first + last LLM stage
+
+
+def llm_stage_order(layout: RuntimeLayout) -> list[int]:
+    return [a.stage for a in sorted((a for a in layout.assignments if a.component == LLM), key=lambda a: a.layers[0])]
+
+
+def _make_groups(layout: RuntimeLayout, tied: bool) -> _Groups:
+    tp, dp, tied_groups = {}, {}, {}
+    for s in sorted(layout.stage_ranks):
+        replicas = layout.stage_ranks[s]
+        for d, ranks in enumerate(replicas):
+            tp[(s, d)] = dist.new_group(list(ranks))
+        for j in range(len(replicas[0])):
+            dp[(s, j)] = dist.new_group([ranks[j] for ranks in replicas])
+    order = llm_stage_order(layout)
+    if tied and order[0] != order[-1]:
+        first, last = layout.stage_ranks[order[0]], layout.stage_ranks[order[-1]]
+        for d in range(len(first)):
+            for j in range(len(first[d])):
+                tied_groups[(d, j)] = dist.new_group([first[d][j], last[d][j]])
+    return _Groups(tp, dp, tied_groups)
+
+
+def _stage_mesh(layout: RuntimeLayout, groups: _Groups, role: RankRole, device_type: str) -> DeviceMesh:
+    """(dp, tp) mesh of this rank's stage, from groups every rank already created."""
+    ranks = torch.tensor(layout.stage_ranks[role.stage])
+    return DeviceMesh.from_group(
+        [groups.dp[(role.stage, role.tp_index)], groups.tp[(role.stage, role.replica)]],
+        device_type, mesh=ranks, mesh_dim_names=("dp", "tp"),
+    )
+
+
+def _trainable(stage: nn.Module) -> bool:
+    return any(p.requires_grad for p in stage.parameters())
+
+
+def assemble_rank(model: nn.Module, layout: RuntimeLayout, rank: int, num_microbatches: int, schedule: str,
+                  device: torch.device) -> RankStage:
+    """Cut, shard and wire ``model`` (the whole MultimodalLM, same seed on every rank) for ``rank``."""
+    role = layout.role(rank)
+    replicas = len(layout.stage_ranks[role.stage])
+    tied = bool(getattr(model.llm.config.get_text_config(), "tie_word_embeddings", False))
+    groups = _make_groups(layout, tied)
+    # Decided on the whole model, before the stage cut drops other stages' encoders: every rank
+    # must derive the same action lists.
+    flags = {s: _stage_has_backward(layout, s, model) for s in layout.stage_ranks}
+    # A replica may get a microbatch without images while another replica of the same sharded
+    # encoder gets some: idle encoders then still run, so FSDP's collectives stay in step.
+    model.run_idle_encoders = replicas > 1
+    stage = build_stage(model, list(layout.assignments), role.stage)
+    order = llm_stage_order(layout)
+    first_llm, last_llm = role.stage == order[0], role.stage == order[-1]
+    if hasattr(stage, "unused_parameters"):
+        # HF keeps the embedding and the head in every LLM stage's copy; only the first and the
+        # last use them. Unused copies must not train or be saved (they would go stale).
+        for p in stage.unused_parameters():
+            p.requires_grad_(False)
+    mesh = _stage_mesh(layout, groups, role, device.type)
+    if mesh["tp"].size() > 1:
+        apply_tp(stage.model.llm if role.stage in order else stage.branch.encoder, mesh["tp"])
+    if _trainable(stage):
+        # FSDP over the stage's replicas (a mesh of one rank when dp = 1: one code path, and the
+        # parameters become DTensors that DCP saves and reshards).
+        apply_fsdp(stage.model, mesh["dp"], root=stage)
+    graph = StageGraph(inputs=layout.stage_inputs, has_bwd=flags, has_w=flags)
+    actions = build_schedule(graph, num_microbatches, schedule)[role.stage]
+    tied_here = tied and order[0] != order[-1] and (first_llm or last_llm)
+    executor = PipelineExecutor(role.stage, stage, actions, device=device, layout=layout, rank=rank,
+                                tied_group=groups.tied[(role.replica, role.tp_index)] if tied_here else None)
+    return RankStage(role, stage, stage.model, executor, reporter=last_llm and role.tp_index == 0,
+                     first_llm=first_llm, last_llm=last_llm, tied=tied_here)
+
+
+def _stage_has_backward(layout: RuntimeLayout, stage: int, model: nn.Module) -> bool:
+    """Every stage runs backward except an encoder stage whose whole branch is frozen: it has no
+    weights to update and nothing upstream of it trains (frozen-aware schedules)."""
+    a = next(a for a in layout.assignments if a.stage == stage)
+    if a.component == LLM:
+        return True
+    return any(p.requires_grad for p in model.encoders[a.component].parameters())
