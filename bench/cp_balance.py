@@ -3,6 +3,7 @@
 
     python bench/cp_balance.py                 # 5 families × 32k/64k/128k × cp 2/4/8/32, 10 masks each (~2 min, 2 cores)
     python bench/cp_balance.py --quick         # 32k and 64k, 4 masks: smoke run
+    python bench/cp_balance.py --planner       # the planner's CP choice: best plan with and without CP (~3 min)
 
 Per-rank work is computed, not measured: allowed mask entries per 128-token query block
 (counted from the O(S) intervals) × fwd+bwd cost per entry, plus tokens × fwd+bwd cost of the
@@ -165,6 +166,33 @@ def traffic_table(sizes, cp, model, block, seed):
     return out
 
 
+def planner_table() -> None:
+    """The planner's search with CP (cp ∈ 1, 2, 4, 8 for ≥ 16k tokens) against the same search without it."""
+    from amylum.planner.configs import model_spec_from_configs
+    from amylum.planner.presets import LLMS, preset_model
+    from amylum.planner.search import SearchOptions, search
+    from amylum.planner.spec import ClusterSpec, freeze
+
+    cases = [("llama-3.1-8b", 2048, 16, 64), ("llama-3.1-8b", 65536, 16, 4), ("llama-3.1-8b", 131072, 32, 2),
+             ("llama-3.1-70b", 65536, 64, 8), ("VLM-large", 65536, 1024, 64)]
+    print("| model | tokens/sample | GPUs | global batch | with CP: s/iter, LLM stages (tp×cp), dp, plan s (CPU) "
+          "| without CP: s/iter, LLM stages, dp, plan s (CPU) | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for name, tokens, gpus, batch in cases:
+        if name in LLMS:
+            model = model_spec_from_configs(name, LLMS[name], text_tokens=tokens)
+        else:
+            model = freeze(preset_model(name, text_tokens=tokens), "projector_only")
+        row = []
+        for opts in (SearchOptions(cp_min_tokens=0), SearchOptions(cp_choices=(1,))):
+            c0 = time.process_time()
+            res = search(model, ClusterSpec.of(gpus), batch, opts)
+            llm = [f"{s.tp}×{s.cp}" for s in res.plan.stages if s.chain in ("llm", "colocated")]
+            row.append((res.sim.iteration_s, f"{res.sim.iteration_s:.2f}, {len(llm)} × {llm[0]}, dp {res.plan.dp}, "
+                                             f"{time.process_time() - c0:.1f}"))
+        print(f"| {name} | {tokens // 1024}k | {gpus} | {batch} | {row[0][1]} | {row[1][1]} | {row[1][0] / row[0][0]:.2f}× |")
+
+
 def _k(n):
     return f"{n // 1024}k"
 
@@ -175,7 +203,11 @@ def main(argv=None) -> None:
     ap.add_argument("--masks", type=int, default=None)
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--planner", action="store_true", help="only the planner's CP choice")
     args = ap.parse_args(argv)
+    if args.planner:
+        planner_table()
+        return
     sizes = (32768, 65536) if args.quick else (32768, 65536, 131072)
     masks = args.masks or (4 if args.quick else 10)
     cps = (2, 4, 8, 32)

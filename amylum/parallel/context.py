@@ -4,7 +4,7 @@ One step on CP rank ``r`` of ``cp`` ranks::
 
     apply_cp(model)                                             # once: LLM attention → amylum_cp
     assignment = plan_cp(mask_spec(batch, mode), cp=cp, policy="balanced", model=work_model)
-    shard = shard_batch(batch, assignment, rank=r)              # host side, travels with the microbatch
+    shard = shard_batch(batch, assignment, rank=r, exchange="sparse")  # host side, travels with the microbatch
     out = cp_forward(model, batch, shard, group=cp_group, num_items_in_batch=global_targets)
     out.loss.backward(); allreduce_gradients(model, cp_group)   # or fold the CP group into FSDP's
 
@@ -15,8 +15,9 @@ How it works:
   (every CP rank runs the encoders on the whole microbatch; the encoders' gradients are
   partial per rank and summed with the LLM's).
 - Each rank keeps its tokens' ``inputs_embeds`` and their *global* ``position_ids`` (RoPE
-  stays right), runs the HF decoder on them, and its attention all-gathers K/V
-  (``cp_attention``).
+  stays right), runs the HF decoder on them, and its attention exchanges K/V
+  (``cp_exchange``): all-gather of the whole sequence, or (``exchange="sparse"``) only the key
+  blocks its queries may see, planned on the host in ``shard_batch``.
 - The loss covers the rank's target positions (the next-token label is read from the full
   batch, so a target whose next token lives on another rank is still right) and is divided
   by the global target count: the sum over ranks is the unsharded loss.
@@ -36,6 +37,7 @@ from amylum.data.batch import BatchIndex, MultimodalBatch
 from amylum.planner.cp_balance import CPAssignment, flat_intervals
 
 from .cp_attention import CP_IMPLEMENTATION, CP_KWARG, CPAttention, register_cp_attention
+from .cp_exchange import EXCHANGES, AllGatherKV, KVTraffic, SparseKV, SparseKVPlan, sparse_kv_plan
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class CPShard:
     target_index: BatchIndex  # local target positions and their labels
     num_targets: int  # over the whole microbatch (all ranks)
     block_size: int
+    kv_plan: SparseKVPlan | None = None  # the mask-aware K/V exchange's sends/receives; None: all-gather
 
     @property
     def num_local(self) -> int:
@@ -60,11 +63,20 @@ class CPShard:
     def to(self, device) -> "CPShard":
         move = lambda t: t.to(device)  # noqa: E731
         return CPShard(self.rank, self.counts, move(self.index), move(self.order), move(self.lo), move(self.hi),
-                       move(self.position_ids), self.target_index.to(device), self.num_targets, self.block_size)
+                       move(self.position_ids), self.target_index.to(device), self.num_targets, self.block_size,
+                       self.kv_plan.to(device) if self.kv_plan is not None else None)
 
 
-def shard_batch(batch: MultimodalBatch, assignment: CPAssignment, rank: int, *, mode: str = "multimodal") -> CPShard:
-    """Rank ``rank``'s part of ``batch`` under ``assignment`` (computed on the host, no collectives)."""
+def shard_batch(batch: MultimodalBatch, assignment: CPAssignment, rank: int, *, mode: str = "multimodal",
+                exchange: str = "allgather", kv_block: int | None = None) -> CPShard:
+    """Rank ``rank``'s part of ``batch`` under ``assignment`` (computed on the host, no collectives).
+
+    ``exchange``: ``"allgather"`` (every rank gets all K/V) or ``"sparse"`` (only the key
+    blocks of ``kv_block`` positions, default the assignment's block size, that hold a key its
+    queries may see; the sends and receives are planned here, for every layer of the step).
+    """
+    if exchange not in EXCHANGES:
+        raise ValueError(f"unknown CP K/V exchange {exchange!r}; expected one of {EXCHANGES}")
     B, S = batch.sample_ids.shape
     if assignment.seq_len != B * S:
         raise ValueError(f"assignment covers {assignment.seq_len} tokens but the batch flattens to {B}×{S} = {B * S}; "
@@ -90,6 +102,7 @@ def shard_batch(batch: MultimodalBatch, assignment: CPAssignment, rank: int, *, 
         rank=rank, counts=tuple(int(p.size) for p in parts), index=t(idx), order=t(order), lo=t(lo[idx]), hi=t(hi[idx]),
         position_ids=batch.position_ids.cpu().reshape(-1)[t(idx)][None], target_index=target_index,
         num_targets=int(targets.size), block_size=assignment.block_size,
+        kv_plan=sparse_kv_plan(assignment, lo, hi, rank, kv_block) if exchange == "sparse" else None,
     )
 
 
@@ -99,14 +112,25 @@ def shard_tokens(x: torch.Tensor, shard: CPShard) -> torch.Tensor:
     return flat.index_select(0, shard.index.to(x.device))[None]
 
 
-def cp_attention_inputs(shard: CPShard, group=None, *, backend: str = "reference") -> dict:
-    """Keyword arguments for the HF decoder under CP (``attention_mask=None`` + the CP state)."""
-    device = shard.lo.device
+def kv_exchange(shard: CPShard, group=None):
+    """The K/V exchange of ``shard``: ``SparseKV`` when it carries a plan, else ``AllGatherKV``."""
+    if shard.kv_plan is not None:
+        return SparseKV(shard.kv_plan, group)
     lo, hi = shard.lo, shard.hi
     if shard.num_local == 0:  # the placeholder token of an empty shard (see cp_forward) sees key 0
-        lo = hi = torch.zeros(1, dtype=torch.long, device=device)
-    attn = CPAttention(counts=shard.counts, order=shard.order.to(device), lo=lo, hi=hi,
-                       group=group, backend=backend, block_size=shard.block_size)
+        lo = hi = torch.zeros(1, dtype=torch.long, device=lo.device)
+    return AllGatherKV(shard.counts, shard.order, lo, hi, group)
+
+
+def cp_attention_inputs(shard: CPShard, group=None, *, backend: str = "reference", traffic: KVTraffic | None = None) -> dict:
+    """Keyword arguments for the HF decoder under CP (``attention_mask=None`` + the CP state).
+
+    ``traffic``: where the exchange records what it moved (one entry per layer call).
+    """
+    exchange = kv_exchange(shard, group)
+    if traffic is not None:
+        exchange.traffic = traffic
+    attn = CPAttention(exchange, backend=backend, block_size=shard.block_size, num_ranks=len(shard.counts))
     return {"attention_mask": None, CP_KWARG: attn}
 
 
@@ -128,12 +152,14 @@ def apply_cp(model) -> None:
 
 
 def cp_forward(model, batch: MultimodalBatch, shard: CPShard, *, group=None, backend: str = "reference",
-               num_items_in_batch: int | torch.Tensor | None = None, embeds: torch.Tensor | None = None):
+               num_items_in_batch: int | torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+               traffic: KVTraffic | None = None):
     """Embed (full batch) → shard → decode with CP attention → this rank's share of the loss.
 
     ``num_items_in_batch`` defaults to the microbatch's global target count, so summing the
     ranks' losses (and gradients) gives the unsharded values. ``embeds``: the full
-    ``inputs_embeds`` when a pipeline stage computed them elsewhere.
+    ``inputs_embeds`` when a pipeline stage computed them elsewhere. ``traffic``: a
+    ``KVTraffic`` that records the K/V exchange's tokens per layer (benchmarks).
     """
     embeds = model.embed(batch) if embeds is None else embeds
     device = embeds.device
@@ -141,11 +167,11 @@ def cp_forward(model, batch: MultimodalBatch, shard: CPShard, *, group=None, bac
     local, positions = shard_tokens(embeds, shard), shard.position_ids
     if shard.num_local == 0:
         # Fewer tokens than ranks: HF cannot run an empty sequence, yet this rank must join every
-        # layer's all-gather. It runs one placeholder token whose K/V the others drop (its count
+        # layer's exchange. It runs one placeholder token whose K/V the others drop (its count
         # is 0) and whose output has no target.
         local = embeds.new_zeros(1, 1, embeds.shape[-1])
         positions = torch.zeros(1, 1, dtype=torch.long, device=device)
-    attn = cp_attention_inputs(shard, group, backend=backend)
+    attn = cp_attention_inputs(shard, group, backend=backend, traffic=traffic)
     states = model.decode(local, SimpleNamespace(position_ids=positions), attn)
     count = shard.num_targets if num_items_in_batch is None else num_items_in_batch
     return model.loss_from_states(states, SimpleNamespace(index=shard.target_index), num_items_in_batch=count)
@@ -154,14 +180,19 @@ def cp_forward(model, batch: MultimodalBatch, shard: CPShard, *, group=None, bac
 def allreduce_gradients(model: torch.nn.Module, group=None) -> None:
     """Sum parameter gradients over the CP group (each rank's loss covers only its tokens).
 
+    TP-sharded (DTensor) gradients are reduced shard by shard: the CP group is one TP index's.
+
     With FSDP2, put the CP ranks into the data-parallel reduction instead (a mesh dimension
     that spans dp × cp), as torchtitan does; then this call is not needed.
     """
+    from torch.distributed.tensor import DTensor
+
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # every rank must reduce the same list, even where its graph left a gradient out
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
+    # A TP-sharded parameter's CP peers hold the same shard: reduce the local shards in place.
+    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

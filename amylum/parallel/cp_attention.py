@@ -1,4 +1,4 @@
-"""Attention under context parallelism: local queries against all-gathered K/V.
+"""Attention under context parallelism: local queries against exchanged K/V.
 
 Registered with transformers' ``AttentionInterface`` as ``amylum_cp``, so HF's own attention
 modules call it (no copied forward). Each rank holds any subset of the sequence's tokens
@@ -7,16 +7,16 @@ K/V leave the rank. The per-microbatch state (who holds what, this rank's key in
 mask) is a :class:`CPAttention` object passed to the model as the ``amylum_cp`` kwarg, which
 HF forwards to every attention call: nothing lives in a global cache.
 
-The all-gather is ``torch.distributed.nn.functional.all_gather``: its backward sums each
-rank's dK/dV slices back to their owner (reduce-scatter on NCCL, all-to-all + sum on gloo).
-Collectives need equal sizes, so each rank's part is padded to the largest token count.
+How K/V reach a rank is the exchange's job (``cp_exchange``): all-gather of the whole
+sequence, or a mask-aware exchange of only the key blocks the rank's queries may see. Either
+returns the keys in global order and the queries' key intervals in those keys' coordinates,
+so the mask is built the same way for both.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from amylum.attention.backends import MASK_KWARG, decomposed_attention_fn, flex_attention_fn, reference_attention, run_flex
@@ -24,17 +24,6 @@ from amylum.attention.backends import MASK_KWARG, decomposed_attention_fn, flex_
 CP_KWARG = "amylum_cp"
 CP_IMPLEMENTATION = "amylum_cp"
 CP_BACKENDS = ("reference", "flex")
-
-
-def gather_sequence(x: torch.Tensor, counts: tuple[int, ...], order: torch.Tensor, group) -> torch.Tensor:
-    """(B, H, n_local, D) on every rank → (B, H, N, D) in global token order (autograd-aware)."""
-    width = max(counts)
-    pad = width - x.shape[2]
-    if pad:
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-    parts = dist_nn.all_gather(x, group=group)
-    full = torch.cat([p[:, :, :c] for p, c in zip(parts, counts)], dim=2)  # rank-major order
-    return full.index_select(2, order)
 
 
 def rect_tile_tables(lo: torch.Tensor, hi: torch.Tensor, kv_len: int, block_q: int, block_k: int):
@@ -81,40 +70,43 @@ def rect_block_mask(lo: torch.Tensor, hi: torch.Tensor, kv_len: int, block_size:
 
 
 class CPAttention:
-    """Per-microbatch CP attention state for one rank (built by ``context.cp_attention_inputs``)."""
+    """Per-microbatch CP attention state for one rank (built by ``context.cp_attention_inputs``).
 
-    def __init__(self, *, counts: tuple[int, ...], order: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                 group=None, backend: str = "reference", block_size: int = 128) -> None:
+    ``exchange``: an ``AllGatherKV`` or ``SparseKV`` (``cp_exchange``), which also carries the
+    local queries' key intervals (``lo``/``hi``) in the coordinates of the keys it returns.
+    """
+
+    def __init__(self, exchange, *, backend: str = "reference", block_size: int = 128, num_ranks: int) -> None:
         if backend not in CP_BACKENDS:
             raise ValueError(f"unknown CP attention backend {backend!r}; expected one of {CP_BACKENDS}")
-        self.counts, self.order, self.lo, self.hi = tuple(counts), order, lo, hi
-        self.group, self.backend = group, backend
-        self.seq_len = int(sum(counts))
-        size = dist.get_world_size(group) if dist.is_initialized() else 1
-        if len(self.counts) != size:
-            raise ValueError(f"CP shard is for {len(self.counts)} ranks but the process group has {size}")
+        self.exchange, self.backend = exchange, backend
+        self.n_queries = int(exchange.lo.shape[0])
+        size = dist.get_world_size(exchange.group) if dist.is_initialized() else 1
+        if num_ranks != size:
+            raise ValueError(f"CP shard is for {num_ranks} ranks but the process group has {size}")
         # The mask for this rank's queries, built once per microbatch and shared by all layers.
+        lo, hi, kv_len = exchange.lo, exchange.hi, exchange.kv_len
         if backend == "reference":
-            keys = torch.arange(self.seq_len, device=lo.device)
+            keys = torch.arange(kv_len, device=lo.device)
             self.mask = ((keys >= lo[:, None]) & (keys <= hi[:, None]))[None, None]
         else:
-            self.mask = rect_block_mask(lo, hi, self.seq_len, block_size)
+            self.mask = rect_block_mask(lo, hi, kv_len, block_size)
 
     def __call__(self, module, query, key, value, dropout: float, scaling, kwargs):
         if query.shape[0] != 1:
             raise ValueError(f"CP runs the flattened batch as one row; got batch dimension {query.shape[0]}")
-        if query.shape[2] != self.lo.shape[0]:
-            raise ValueError(f"CP shard holds {self.lo.shape[0]} tokens but the layer sees {query.shape[2]}; "
+        if query.shape[2] != self.n_queries:
+            raise ValueError(f"CP shard holds {self.n_queries} tokens but the layer sees {query.shape[2]}; "
                              "shard inputs_embeds and position_ids with the same CPShard")
         if dropout:
             raise ValueError("amylum's CP attention does not support attention dropout")
         d = key.shape[-1]
-        # One collective for K and V together (the same token set travels).
-        kv = gather_sequence(torch.cat([key, value], dim=-1), self.counts, self.order, self.group)
-        k_full, v_full = kv[..., :d], kv[..., d:]
+        # One exchange for K and V together (the same token set travels).
+        kv = self.exchange(torch.cat([key, value], dim=-1))
+        k_keys, v_keys = kv[..., :d], kv[..., d:]
         if self.backend == "reference":
-            return sdpa_attention_forward(module, query, k_full, v_full, self.mask, dropout=0.0, scaling=scaling)
-        out = run_flex(query, k_full, v_full, self.mask, scaling=scaling)
+            return sdpa_attention_forward(module, query, k_keys, v_keys, self.mask, dropout=0.0, scaling=scaling)
+        out = run_flex(query, k_keys, v_keys, self.mask, scaling=scaling)
         return out.transpose(1, 2).contiguous(), None
 
 

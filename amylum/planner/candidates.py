@@ -23,10 +23,11 @@ class ChainOption:
     p: int
     bounds: tuple[int, ...]
     costs: list[StageCost]
+    cp: int = 1  # context-parallel degree of every stage of the chain (its LLM layers)
 
     @property
     def gpus(self) -> int:
-        return self.p * self.tp
+        return self.p * self.tp * self.cp
 
     @property
     def w(self) -> list[float]:
@@ -59,12 +60,12 @@ def build_plan(model: ModelSpec, options: list[ChainOption], placement: str, dp:
             if name == "llm" and a <= model.merge_index < b:
                 ins = ins + tuple(ends)  # the stage that scatters modality features receives every branch
             stages.append(StagePlan(id=len(stages), chain=name, layers=tuple(l.name for l in ls[a:b]), tp=o.tp,
-                                    inputs=ins))
+                                    inputs=ins, cp=o.cp))
         if name not in ("llm", "colocated"):
             ends.append(len(stages) - 1)
-    ranks = assign_ranks([s.tp for s in stages], dp)
+    ranks = assign_ranks([s.width for s in stages], dp)
     stages = [replace(s, ranks=r) for s, r in zip(stages, ranks)]
-    R = sum(s.tp for s in stages)
+    R = sum(s.width for s in stages)
     return Plan(model=model.name, placement=placement, dp=dp, microbatch_size=mb, num_microbatches=m,
                 global_batch=global_batch, stages=tuple(stages), schedule=schedule, checkpointing=ck,
                 world_size=R * dp)
@@ -117,5 +118,5 @@ def balanced_variant(model: ModelSpec, options: list[ChainOption]) -> list[Chain
         n = len(chain_layers(model, o.chain))
         if o.p > n:
             return None
-        out.append(ChainOption(o.chain, o.tp, o.p, even_partition(n, o.p), []))
+        out.append(ChainOption(o.chain, o.tp, o.p, even_partition(n, o.p), [], cp=o.cp))
     return out

@@ -41,7 +41,7 @@ def transformer_layer(name: str, module: str, kind: str, *, hidden: int, heads: 
         fwd_flops=linear + attn, igrad_flops=linear + 2 * attn, wgrad_flops=linear,
         act_bytes=B * (linear_inputs + nonlinear_inputs - shared),
         act_bytes_igrad=B * nonlinear_inputs,
-        out_bytes=B * hidden * tokens,
+        out_bytes=B * hidden * tokens, kv_bytes=B * 2 * kv,
     )
 
 

@@ -15,7 +15,15 @@ class StagePlan:
     layers: tuple[str, ...]
     tp: int = 1
     inputs: tuple[int, ...] = ()  # upstream stage ids
-    ranks: tuple[tuple[int, ...], ...] = ()  # [dp replica][tp rank]
+    ranks: tuple[tuple[int, ...], ...] = ()  # [dp replica][cp rank · tp + tp rank]
+    # context parallelism: the replica's microbatch sequence is split over cp groups of tp
+    # ranks (the LLM's layers only; encoders on such a stage run whole on every CP rank)
+    cp: int = 1
+
+    @property
+    def width(self) -> int:
+        """GPUs per replica of this stage: tp × cp."""
+        return self.tp * self.cp
 
 
 @dataclass(frozen=True)
@@ -41,13 +49,14 @@ class Plan:
 
     @property
     def gpus_per_replica(self) -> int:
-        return sum(s.tp for s in self.stages)
+        return sum(s.tp * s.cp for s in self.stages)
 
 
 def assign_ranks(tps: list[int], dp: int) -> list[tuple[tuple[int, ...], ...]]:
-    """Rank layout: tp innermost, then dp, then stages (Megatron's order).
+    """Rank layout: tp innermost, then cp, then dp, then stages (Megatron's order).
 
-    Stages are laid out widest-TP first, so every TP group starts at a multiple of its width
+    ``tps``: each stage's width, tp × cp (a replica's ranks are cp groups of tp adjacent ranks).
+    Stages are laid out widest first, so every TP group starts at a multiple of its width
     and never straddles a node (widths are powers of two that divide the node size).
     A stage's DP peers sit next to each other, so small DP groups stay inside a node.
     """

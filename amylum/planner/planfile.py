@@ -45,7 +45,8 @@ def plan_from_dict(d: dict) -> tuple[Plan, ModelSpec, ClusterSpec]:
     try:
         stages = tuple(StagePlan(id=int(s["id"]), chain=str(s["chain"]), layers=tuple(s["layers"]),
                                  tp=int(s.get("tp", 1)), inputs=tuple(int(i) for i in s.get("inputs", ())),
-                                 ranks=tuple(tuple(int(r) for r in rep) for rep in s.get("ranks", ())))
+                                 ranks=tuple(tuple(int(r) for r in rep) for rep in s.get("ranks", ())),
+                                 cp=int(s.get("cp", 1)))
                        for s in p.pop("stages"))
         plan = Plan(stages=stages, **p)
     except (KeyError, TypeError) as e:
@@ -97,6 +98,7 @@ def plan_errors(plan: Plan, model: ModelSpec, cluster: ClusterSpec, check_memory
             if i not in ids:
                 errs.append(f"stage {s.id} takes input from stage {i}, which does not exist")
     errs += _layer_errors(plan, model)
+    errs += _cp_errors(plan, model)
     errs += _rank_errors(plan, cluster)
     if errs or not check_memory:
         return errs
@@ -166,6 +168,19 @@ def _layer_errors(plan: Plan, model: ModelSpec) -> list[str]:
     return errs
 
 
+def _cp_errors(plan: Plan, model: ModelSpec) -> list[str]:
+    """CP degrees: powers of two, and only on stages that hold LLM layers (CP splits the LLM's sequence)."""
+    errs = []
+    llm = {l.name for l in model.llm}
+    for s in plan.stages:
+        if s.cp < 1 or s.cp & (s.cp - 1):
+            errs.append(f"stage {s.id}: cp {s.cp} must be a power of two >= 1")
+        elif s.cp > 1 and not any(n in llm for n in s.layers):
+            errs.append(f"stage {s.id}: cp {s.cp} on a stage without LLM layers; context parallelism splits "
+                        f"the LLM's sequence (encoders run whole on every CP rank)")
+    return errs
+
+
 def _rank_errors(plan: Plan, cluster: ClusterSpec) -> list[str]:
     errs = []
     g = cluster.gpus_per_node
@@ -176,10 +191,14 @@ def _rank_errors(plan: Plan, cluster: ClusterSpec) -> list[str]:
         if len(s.ranks) != plan.dp:
             errs.append(f"stage {s.id} has {len(s.ranks)} replicas of ranks, but dp is {plan.dp}")
         for rep in s.ranks:
-            if len(rep) != s.tp:
-                errs.append(f"stage {s.id}: a replica has ranks {list(rep)}, expected {s.tp} (its tp)")
-            elif len({r // g for r in rep}) > 1:
-                errs.append(f"stage {s.id}: TP group {list(rep)} spans nodes")
+            if len(rep) != s.tp * max(s.cp, 1):
+                errs.append(f"stage {s.id}: a replica has ranks {list(rep)}, expected {s.tp * max(s.cp, 1)} "
+                            f"(tp {s.tp} x cp {s.cp})")
+            else:
+                for c in range(0, len(rep), s.tp):  # cp groups of tp adjacent ranks
+                    group = rep[c : c + s.tp]
+                    if len({r // g for r in group}) > 1:
+                        errs.append(f"stage {s.id}: TP group {list(group)} spans nodes")
             for r in rep:
                 if r in seen:
                     errs.append(f"rank {r} is used by stages {seen[r]} and {s.id}")

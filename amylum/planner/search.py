@@ -11,6 +11,11 @@ estimate of DP) and again, exactly, in the simulation.
 
 Shared DP: every replica holds all modules (as in Cornstarch), so DP is one degree for the model;
 per-module DP would need microbatch re-routing between modules and is not searched.
+
+Context parallelism: for long sequences (``cp_min_tokens``) the LLM's chain is also tried at
+each CP degree of ``cp_choices``; every stage of that chain then uses tp × cp GPUs per replica.
+The cost model prices it from the CP token assignment's balance on the sequence's mask
+(``cp_cost.cp_imbalance``) and the K/V all-gather per layer (cost.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from .cost import CostModel, StageCost, grad_needs
+from .cp_cost import cp_imbalance
 from .partition import ChainSolver
 from .candidates import ChainOption, balanced_variant, build_plan, chain_layers, even_option, template_options
 from .plan import Plan
@@ -52,6 +58,17 @@ class SearchOptions:
     # re-simulate the best 1F1B plans with the zero-bubble order (W split; zerobubble.py)
     zero_bubble: bool = True
     zb_top: int = 6
+    # context parallelism of the LLM, tried when its sequence has at least cp_min_tokens tokens
+    # per sample. Every CP degree adds LLM partitions to solve; with CP tried at any length the
+    # 1,024-GPU searches of bench/planner.py take 2.6–10.9 s CPU (instead of 1.1–2.8 s) for
+    # 1–9 % faster plans, so shorter sequences are left to DP/TP/PP unless asked for. cp_intervals: (lo, hi) of a representative mask for the
+    # balance (default: causal rows)
+    cp_choices: tuple[int, ...] = (1, 2, 4, 8)
+    cp_min_tokens: int = 16384
+    # skip an LLM option before partitioning it when no estimate built on it can enter the heap
+    # (changes no result; off: solve every partition, to check exactly that)
+    llm_bound: bool = True
+    cp_intervals: tuple | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -76,7 +93,10 @@ class _Ctx:
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, global_batch: int, opts: SearchOptions, profile):
         self.model, self.cluster, self.B, self.opts, self.profile = model, cluster, global_batch, opts, profile
         self.needs = grad_needs(model)
-        self.cms = {ck: CostModel(cluster, profile, checkpointing=ck) for ck in opts.checkpointing}
+        self.cps = llm_cp_choices(model, opts)
+        imbalance = cp_imbalance(llm_sequence(model), self.cps, intervals=opts.cp_intervals) if self.cps != (1,) else {}
+        self.cms = {ck: CostModel(cluster, profile, checkpointing=ck, cp_imbalance=imbalance)
+                    for ck in opts.checkpointing}
         self.memo: dict = {}
         self.solvers: dict = {}
         self.per_layer: dict = {}
@@ -85,46 +105,46 @@ class _Ctx:
     def chain_layers(self, chain: str):
         return chain_layers(self.model, chain)
 
-    def solver(self, chain: str, tp: int, mb: int, ck: bool):
+    def solver(self, chain: str, tp: int, mb: int, ck: bool, cp: int = 1):
         """Per-layer costs and segment matrices of a chain; independent of stage count and DP."""
-        key = (chain, tp, mb, ck)
+        key = (chain, tp, mb, ck, cp)
         if key not in self.solvers:
             cm = self.cms[ck]
             layers = self.chain_layers(chain)
             times, cut, wg, opt, act, trans = [], [], [], [], [], []
             for i, l in enumerate(layers):
                 nd = self.needs[l.name]
-                f, b, w = cm.layer_times(l, nd, mb, tp)
+                f, b, w = cm.layer_times(l, nd, mb, tp, cp)
                 times.append(f + b + w)
                 s_wg, s_opt = cm.static_parts([l], self.needs, tp)
                 wg.append(s_wg)
                 opt.append(s_opt)
-                act.append(cm.layer_act_bytes(l, nd, mb, tp))
-                trans.append(mb * l.tokens * l.act_bytes / tp)
+                act.append(cm.layer_act_bytes(l, nd, mb, tp, cp))
+                trans.append(cm.layer_transient_bytes(l, mb, tp, cp))
                 t = cm.p2p_time(mb * l.out_bytes / tp, inter=True)
                 nxt = layers[i + 1] if i + 1 < len(layers) else None
                 if nxt is not None and self.needs[nxt.name].igrad:
                     t *= 2  # the gradient comes back across the same cut
                 cut.append(t)
-            per = [cm.stage_cost([l], self.needs, mb, tp, 1) for l in layers]
+            per = [cm.stage_cost([l], self.needs, mb, tp, 1, cp) for l in layers]
             self.per_layer[key] = (per, wg, opt)
             self.solvers[key] = (layers, ChainSolver(times, cut, wg, act, trans, self.cluster.gpu.memory_bytes,
                                                      base_mem=self.cluster.reserved_bytes, optim_mem=opt))
         return self.solvers[key]
 
-    def stage(self, chain: str, tp: int, mb: int, ck: bool, a: int, b: int, dp: int) -> StageCost:
+    def stage(self, chain: str, tp: int, mb: int, ck: bool, a: int, b: int, dp: int, cp: int = 1) -> StageCost:
         """Stage cost of layers [a, b) from the cached per-layer costs (same sums as stage_cost)."""
-        per, wg, opt = self.per_layer[(chain, tp, mb, ck)]
+        per, wg, opt = self.per_layer[(chain, tp, mb, ck, cp)]
         seg = per[a:b]
         return StageCost(f=sum(c.f for c in seg), b=sum(c.b for c in seg), w=sum(c.w for c in seg),
                          act_bytes=sum(c.act_bytes for c in seg),
                          transient_bytes=max(c.transient_bytes for c in seg),
-                         static_bytes=self.cluster.reserved_bytes + sum(wg[a:b]) + sum(opt[a:b]) / dp,
+                         static_bytes=self.cluster.reserved_bytes + sum(wg[a:b]) + sum(opt[a:b]) / (dp * cp),
                          grad_bytes=sum(c.grad_bytes for c in seg), out_bytes=seg[-1].out_bytes,
-                         has_bwd=any(c.has_bwd for c in seg), has_w=any(c.has_w for c in seg))
+                         has_bwd=any(c.has_bwd for c in seg), has_w=any(c.has_w for c in seg), cp=cp)
 
     def option(self, chain: str, tp: int, p: int, mb: int, ck: bool, offset: int = 0,
-               other_gpus: int = 0) -> ChainOption | None:
+               other_gpus: int = 0, cp: int = 1) -> ChainOption | None:
         """Optimal partition of ``chain`` into ``p`` stages of ``tp`` GPUs.
 
         ``offset`` is the number of stages downstream of the chain (the LLM's, for a branch): it
@@ -133,31 +153,44 @@ class _Ctx:
         next to ``other_gpus`` GPUs per replica (an upper bound: optimistic optimizer sharding,
         re-checked exactly by the simulation, which rejects a plan that does not fit).
         """
-        if ck and False in self.cms and self.option(chain, tp, p, mb, False, offset, other_gpus) is not None:
+        if ck and False in self.cms and self.option(chain, tp, p, mb, False, offset, other_gpus, cp) is not None:
             # checkpointing only trades time for memory: try it where the plain plan does not fit
             return None
-        layers, solver = self.solver(chain, tp, mb, ck)
+        layers, solver = self.solver(chain, tp, mb, ck, cp)
         if not solver.has_act:
             offset = 0  # nothing is kept for backward: stage position does not change memory
         elif offset > 0:
             # round the downstream depth up to a power of two: more microbatches in flight than
             # the real schedule keeps, so memory stays safe, and far fewer distinct problems
             offset = 1 << (offset - 1).bit_length()
-        key = (chain, tp, p, mb, ck, offset, other_gpus)
+        key = (chain, tp, p, mb, ck, offset, other_gpus, cp)
         if key in self.memo:
             return self.memo[key]
         res = None
         world = self.cluster.world_size
-        if p <= len(layers) and p * tp + other_gpus <= world:
-            dp = min(world // (p * tp + other_gpus), max(1, self.B // mb))
+        if p <= len(layers) and p * tp * cp + other_gpus <= world:
+            dp = min(world // (p * tp * cp + other_gpus), max(1, self.B // mb))
             m = math.ceil(self.B / (dp * mb))
             self.partitions += 1
-            part = solver.solve(_inflight(p, offset, m, self.opts.schedule), m, dp)
+            # optimizer state is sharded over dp × cp ranks (CP ranks join the gradient reduction)
+            part = solver.solve(_inflight(p, offset, m, self.opts.schedule), m, dp * cp)
             if part is not None:
-                costs = [self.stage(chain, tp, mb, ck, a, b, dp) for a, b in zip(part.bounds, part.bounds[1:])]
-                res = ChainOption(chain, tp, p, part.bounds, costs)
+                costs = [self.stage(chain, tp, mb, ck, a, b, dp, cp) for a, b in zip(part.bounds, part.bounds[1:])]
+                res = ChainOption(chain, tp, p, part.bounds, costs, cp=cp)
         self.memo[key] = res
         return res
+
+
+def llm_sequence(model: ModelSpec) -> int:
+    """Tokens per sample the LLM attends over (its decoder layers' sequence)."""
+    return max((l.tokens for l in model.llm if l.kv_bytes or l.kind.endswith(".decoder")), default=0)
+
+
+def llm_cp_choices(model: ModelSpec, opts: SearchOptions) -> tuple[int, ...]:
+    """CP degrees to try for the LLM: 1, plus ``opts.cp_choices`` for a long enough sequence."""
+    if llm_sequence(model) < opts.cp_min_tokens:
+        return (1,)
+    return tuple(sorted({1, *opts.cp_choices}))
 
 
 def _inflight(p: int, offset: int, m: int, schedule: str) -> tuple[int, ...]:
@@ -202,6 +235,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: S
     tps = [t for t in opts.tp_choices if t <= cluster.gpus_per_node]
     cands: list[tuple[float, int, tuple]] = []  # heap of (-estimate, tiebreak, candidate), best kept
     estimated = 0
+    stats_skipped = [0]  # LLM options skipped by the bound before their partition was solved
 
     def push(est, cand):
         nonlocal estimated
@@ -219,6 +253,25 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: S
             return None
         return dp, math.ceil(global_batch / (dp * mb))
 
+    def cannot_enter(chain: str, tp: int, cp: int, p: int, mb: int, ck: bool, other: int) -> bool:
+        """True when no plan built on this LLM option can enter the full heap of estimates.
+
+        Any estimate with it is at least (m − 1)·T/p + T, T the chain's total work (the sum of
+        its stages; the slowest of p stages has at least T/p), m at its smallest (the most DP
+        the option leaves room for). Estimates only enter below the worst one kept, which only
+        falls, so skipping the partition solve here changes no result; it is what keeps the
+        CP degrees affordable in large searches.
+        """
+        if not opts.llm_bound or len(cands) < opts.simulate_top * opts.spare_factor:
+            return False
+        ctx.solver(chain, tp, mb, ck, cp)
+        total = sum(c.total for c in ctx.per_layer[(chain, tp, mb, ck, cp)][0])
+        dp = min(world // (p * tp * cp + other), max(1, global_batch // mb))
+        if dp < 1:
+            return True
+        m = math.ceil(global_batch / (dp * mb))
+        return (m - 1) * total / p + total > -cands[0][0] * (1 + 1e-9)
+
     for mb in opts.mb_choices:
         if mb > global_batch:
             continue
@@ -229,49 +282,53 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: S
                 if placement == "colocated" and not model.branches:
                     continue
                 n_llm = len(ctx.chain_layers(llm_chain))
-                for tp in tps:
-                    for p in opts.llm_pp_choices:
-                        if p > n_llm or p * tp > world:
+                for tp, cp, p in ((tp, cp, p) for tp in tps for cp in ctx.cps for p in opts.llm_pp_choices):
+                    if p > n_llm or p * tp * cp > world:
+                        continue
+                    # branches need at least one GPU each next to the LLM
+                    other = 0 if placement == "colocated" else len(model.branches)
+                    if cannot_enter(llm_chain, tp, cp, p, mb, ck, other):
+                        stats_skipped[0] += 1
+                        continue
+                    llm = ctx.option(llm_chain, tp, p, mb, ck, 0, other, cp)
+                    if llm is None:
+                        continue
+                    if placement == "colocated" or not model.branches:
+                        dp, m = dims(llm.gpus, mb)
+                        push(_estimate([llm], m, dp, cm, llm_chain), (placement, [llm], mb, ck))
+                        continue
+                    fronts = []
+                    for br in model.branches:
+                        bopts = []
+                        for btp in tps:
+                            for bp in range(1, min(opts.branch_pp_max, len(br.layers)) + 1):
+                                o = ctx.option(br.name, btp, bp, mb, ck, p, 1)
+                                if o is not None:
+                                    bopts.append(o)
+                        front = _nearest(_pareto(bopts), llm.bottleneck, opts.pareto_points)
+                        if not front:
+                            break
+                        fronts.append(front)
+                    if len(fronts) != len(model.branches):
+                        continue
+                    for combo in _product(fronts):
+                        R = llm.gpus + sum(o.gpus for o in combo)
+                        if R > world:
                             continue
-                        # branches need at least one GPU each next to the LLM
-                        llm = ctx.option(llm_chain, tp, p, mb, ck, 0,
-                                         0 if placement == "colocated" else len(model.branches))
-                        if llm is None:
-                            continue
-                        if placement == "colocated" or not model.branches:
-                            dp, m = dims(llm.gpus, mb)
-                            push(_estimate([llm], m, dp, cm, llm_chain), (placement, [llm], mb, ck))
-                            continue
-                        fronts = []
-                        for br in model.branches:
-                            bopts = []
-                            for btp in tps:
-                                for bp in range(1, min(opts.branch_pp_max, len(br.layers)) + 1):
-                                    o = ctx.option(br.name, btp, bp, mb, ck, p, 1)
-                                    if o is not None:
-                                        bopts.append(o)
-                            front = _nearest(_pareto(bopts), llm.bottleneck, opts.pareto_points)
-                            if not front:
-                                break
-                            fronts.append(front)
-                        if len(fronts) != len(model.branches):
-                            continue
-                        for combo in _product(fronts):
-                            R = llm.gpus + sum(o.gpus for o in combo)
-                            if R > world:
-                                continue
-                            dp, m = dims(R, mb)
-                            push(_estimate(list(combo) + [llm], m, dp, cm, "llm"),
-                                 (placement, list(combo) + [llm], mb, ck))
+                        dp, m = dims(R, mb)
+                        push(_estimate(list(combo) + [llm], m, dp, cm, "llm"),
+                             (placement, list(combo) + [llm], mb, ck))
     if not cands and not opts.rule_candidates:
         raise ValueError(f"no plan fits: model {model.name} on {world} x {cluster.gpu.name} "
                          f"({cluster.gpu.memory_bytes / 1e9:.0f} GB each) with global batch {global_batch}; "
                          f"every partition exceeded memory")
-    return _select(ctx, cands, tps, dims, t0, estimated)
+    res = _select(ctx, cands, tps, dims, t0, estimated)
+    res.notes.append(f"{stats_skipped[0]} LLM options skipped by a lower bound before partitioning")
+    return res
 
 
 def _key(placement: str, chosen, mb: int, ck: bool) -> tuple:
-    return placement, tuple((o.chain, o.tp, o.bounds) for o in chosen), mb, ck
+    return placement, tuple((o.chain, o.tp, o.cp, o.bounds) for o in chosen), mb, ck
 
 
 def rule_candidates(model: ModelSpec, opts: SearchOptions, tps, world: int, global_batch: int):

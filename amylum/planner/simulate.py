@@ -56,7 +56,8 @@ def stage_costs(plan: Plan, model: ModelSpec, cm: CostModel) -> dict[int, StageC
         unknown = [n for n in st.layers if n not in by_name]
         if unknown:
             raise ValueError(f"stage {st.id}: layers {unknown[:5]} are not in model {model.name}")
-        out[st.id] = cm.stage_cost([by_name[n] for n in st.layers], needs, plan.microbatch_size, st.tp, plan.dp)
+        out[st.id] = cm.stage_cost([by_name[n] for n in st.layers], needs, plan.microbatch_size, st.tp, plan.dp,
+                                   cp=st.cp)
     return out
 
 
@@ -166,7 +167,7 @@ def simulate(plan: Plan, model: ModelSpec, cluster: ClusterSpec, profile=None,
     for s, _op, _mb, a, b in tr.events:
         busy[s] += b - a
     idle = {s: T - busy[s] for s in costs}
-    gpus = {st.id: st.tp for st in plan.stages}
+    gpus = {st.id: st.tp * st.cp for st in plan.stages}
     total = sum(gpus.values())
     bubble = 1.0 - sum(busy[s] * gpus[s] for s in costs) / (T * total) if T > 0 else 0.0
     peak = {s: c.static_bytes + tr.max_inflight[s] * c.act_bytes + c.transient_bytes for s, c in costs.items()}

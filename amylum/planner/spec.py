@@ -37,10 +37,11 @@ class LayerSpec:
     act_bytes_igrad: float
     out_bytes: float  # bytes per sample of the output handed to the next layer
     trainable: bool = True
+    kv_bytes: float = 0.0  # K and V per token (all KV heads): what context parallelism exchanges; 0: not attention
 
     def __post_init__(self) -> None:
         for f in ("params", "tokens", "hidden", "fwd_flops", "igrad_flops", "wgrad_flops",
-                  "act_bytes", "act_bytes_igrad", "out_bytes"):
+                  "act_bytes", "act_bytes_igrad", "out_bytes", "kv_bytes"):
             if getattr(self, f) < 0:
                 raise ValueError(f"layer {self.name}: {f} must be >= 0, got {getattr(self, f)}")
 
