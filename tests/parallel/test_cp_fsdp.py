@@ -1,0 +1,17 @@
+"""CP composed with FSDP2 on gloo: 4 processes = CP 2 × DP 2, against one process (3 AdamW steps).
+
+FSDP2 shards over the flattened dp × cp ranks and its summing reduce-scatter is also the CP
+gradient reduction; each replica has its own microbatch (one multimodal, one packed row).
+Tolerance: compare.TOL (2e-5, fp32 on CPU, only summation order differs).
+"""
+
+import pytest
+
+import cp_workers
+from dist_harness import run_world
+
+
+@pytest.mark.parametrize("exchange", ["allgather", "sparse"])
+def test_cp2_times_fsdp_dp2_matches_single_process(exchange):
+    worst = run_world(cp_workers.cp_fsdp_worker, 4, exchange)
+    assert max(worst) < cp_workers.TOL
