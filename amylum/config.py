@@ -70,7 +70,8 @@ class DataConfig:
     on_error: str = _help('Bad records: "raise" or "skip" (skipped records are counted and reported).', default="raise")
     balance: str = _help(
         'Microbatch assignment: "none" (shuffled batches of batch_size) or "hierarchical" (each step\'s '
-        "batch_size × grad_accum × replicas samples split so encoder and LLM work per replica and per "
+        "samples (batch_size × grad_accum on one process; the plan's global batch under torchrun) split so "
+        "encoder and LLM work per replica and per "
         'micro-batch are even, estimated from record metadata; docs/microbatching.md). The baselines '
         '"random", "dataset_order", "sorted_greedy" and "lpt" are accepted for comparisons.',
         default="none",

@@ -52,16 +52,16 @@ def llm_tp_plan() -> Plan:
     return modality_parallel_plan()
 
 
-def train_worker(rank: int, world_size: int, jobs: list[tuple[str, str, int, int | None]]) -> list[dict]:
+def train_worker(rank: int, world_size: int, jobs: list[tuple[str, str, tuple[str, ...], int | None]]) -> list[dict]:
     """Rank ``rank`` of ``amylum train`` under an existing gloo group (dist_harness.run_world), for
-    each job ``(run_dir, plan, batch_size, stop_after)``: train (up to ``stop_after``, where a
+    each job ``(run_dir, plan, config overrides, stop_after)``: train (up to ``stop_after``, where a
     checkpoint is saved), then, if it stopped early, run again, resuming from that checkpoint."""
     from amylum.runtime.distributed import train_distributed
 
     out = []
-    for run_dir, plan, batch_size, stop_after in jobs:
+    for run_dir, plan, overrides, stop_after in jobs:
         def config():
-            return small_config(Path(run_dir), f"--parallel.plan={plan}", f"--training.batch_size={batch_size}")
+            return small_config(Path(run_dir), f"--parallel.plan={plan}", *overrides)
 
         first = train_distributed(config(), stop_after=stop_after, log=lambda _: None)
         resumed = train_distributed(config(), log=lambda _: None) if stop_after else {"losses": {}, "steps": first["steps"]}

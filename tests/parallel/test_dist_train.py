@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
 import dist_train_workers as W
@@ -88,16 +89,30 @@ def test_torchrun_trains_tiny_valm_with_the_planners_modality_parallel_plan(tmp_
 
 def test_losses_and_grad_norms_match_one_process_with_a_dcp_resume(tmp_path):
     """DP 2 x PP 2 (tied embeddings across stages, one-sample microbatches, some text-only,
-    killed after step 2 and resumed from its DCP checkpoint), then encoder stages + LLM TP 2."""
+    killed after step 2 and resumed from its DCP checkpoint), then encoder stages + LLM TP 2,
+    then DP 2 x PP 2 again with ``data.balance = "hierarchical"`` (work-balanced microbatches
+    shaped by the plan's load profile, against one process balancing the same global batch;
+    killed after step 2 and resumed)."""
     from amylum.runtime.run import train
 
-    jobs = [(tmp_path / "dp_pp", W.dp_pp_plan(), 8, 2), (tmp_path / "tp", W.llm_tp_plan(), 4, None)]
+    balanced = ("--training.batch_size=8", "--data.balance=hierarchical")
+    jobs = [(tmp_path / "dp_pp", W.dp_pp_plan(), ("--training.batch_size=8",), 2),
+            (tmp_path / "tp", W.llm_tp_plan(), ("--training.batch_size=4",), None),
+            (tmp_path / "balanced", W.dp_pp_plan(), balanced, 2)]
     expected = {}
-    for run_dir, plan, batch, _ in jobs:
-        train(W.small_config(run_dir / "single", f"--training.batch_size={batch}"), log=lambda _: None)
+    for run_dir, plan, overrides, _ in jobs:
+        train(W.small_config(run_dir / "single", *overrides), log=lambda _: None)
         expected[run_dir] = _train_records(run_dir / "single")
-    args = [(str(d / "dist"), str(W.write_test_plan(d / "plan.json", plan)), batch, stop) for d, plan, batch, stop in jobs]
-    results = run_world(W.train_worker, 4, args, timeout=240)
+    args = [(str(d / "dist"), str(W.write_test_plan(d / "plan.json", plan)), overrides, stop)
+            for d, plan, overrides, stop in jobs]
+    results = run_world(W.train_worker, 4, args, timeout=360)
+    # The balanced run's checkpoint after step 2 holds each replica's balanced loader position:
+    # 2 iterations x 4 microbatches of epoch 0 (the resume above continued from it).
+    rank_files = sorted((tmp_path / "balanced" / "dist" / "checkpoints" / "step-00000002").glob("rank-*.json"))
+    assert len(rank_files) == 4
+    for rank_file in rank_files:
+        loader = json.loads(rank_file.read_text())["state"]["loader"]
+        assert loader == {"epoch": 0, "index": 8, "seed": 0, "balance": "hierarchical"}, (rank_file.name, loader)
     for j, (run_dir, _, _, stop) in enumerate(jobs):
         first, resumed = results[0][j]["first"], results[0][j]["resumed"]
         if stop:
@@ -113,3 +128,45 @@ def test_losses_and_grad_norms_match_one_process_with_a_dcp_resume(tmp_path):
                 (run_dir.name, step, got[step]["grad_norm"], want[step]["grad_norm"])
         # every rank saw the same global figures
         assert all(r[j]["first"] == first and r[j]["resumed"] == resumed for r in results)
+
+
+def test_balanced_replica_loaders_split_one_process_global_batch_by_the_plans_profile(tmp_path):
+    """Without any process group: the replicas' balanced loaders under the DP 2 x PP 2 plan hold,
+    step by step, exactly the global batch of one process's balanced loader, each replica in the
+    plan's count of microbatches, shaped by the pipeline's load profile (light fill microbatch)."""
+    from amylum.data.dataset import MultimodalDataset
+    from amylum.data.processor import MultimodalProcessor
+    from amylum.data.tokenizer import load_tokenizer
+    from amylum.runtime.build import build_model, build_train_loader, prepare_data
+    from amylum.runtime.distributed.data import replica_loader
+    from amylum.runtime.distributed.planning import resolve_plan
+
+    plan = W.write_test_plan(tmp_path / "plan.json", W.dp_pp_plan())
+    cfg = W.small_config(tmp_path / "run", f"--parallel.plan={plan}", "--data.balance=hierarchical")
+    checked = resolve_plan(cfg, 4, 4, "cpu")
+    paths = prepare_data(cfg)
+    tokenizer = load_tokenizer(paths.tokenizer)
+    model = build_model(cfg, vocab_size=len(tokenizer), device=torch.device("cpu"))
+    dataset = MultimodalDataset(paths.train, MultimodalProcessor(tokenizer, model.modality_specs(),
+                                                                 max_length=cfg.data.max_length))
+    replicas = [replica_loader(cfg, dataset, model, checked, replica=d) for d in range(2)]
+    single = build_train_loader(cfg, dataset, model).sampler
+    for loader in replicas:
+        profile = loader.sampler.profile
+        assert profile is not None and profile.shape == (4, 3)  # (microbatches, vision + audio + llm)
+        assert profile[0, -1] < profile[1:-1, -1].max()  # the pipeline's fill microbatch is lighter
+    steps = [list(single.iterations())[:3]] + [list(r.sampler.iterations())[:3] for r in replicas]
+    for step in range(3):
+        want = sorted(i for mb in steps[0][step] for i in mb)
+        per_replica = [steps[1 + d][step] for d in range(2)]
+        assert all(len(mbs) == 4 and all(mbs) for mbs in per_replica)  # 4 non-empty microbatches each
+        assert sorted(i for mbs in per_replica for mb in mbs for i in mb) == want, step
+
+
+def test_balanced_plan_needs_a_global_batch_of_whole_microbatches(tmp_path):
+    plan = W.write_test_plan(tmp_path / "plan.json", replace(W.dp_pp_plan(), num_microbatches=3))
+    cfg = W.small_config(tmp_path / "run", f"--parallel.plan={plan}", "--data.balance=hierarchical")
+    env = LaunchEnv(rank=0, world_size=4, local_rank=0, local_world_size=4)
+    with pytest.raises(LayoutError, match="does not split into dp 2 x 3 microbatches"):
+        train_distributed(cfg, env=env)
+    assert not dist.is_initialized()

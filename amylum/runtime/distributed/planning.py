@@ -5,7 +5,8 @@ any process group exists (a plan that cannot run fails with its reasons, not wit
 Batch arithmetic: the config's global batch per optimizer step is ``training.batch_size *
 training.grad_accum`` samples, as on one process (so a run compares with ``amylum train``). The
 plan splits it: ``dp`` replicas each read ``global / dp`` samples per step and cut them into the
-plan's ``num_microbatches`` microbatches.
+plan's ``num_microbatches`` microbatches (with ``data.balance`` set, the loader splits the global
+batch into ``dp x num_microbatches`` microbatches by work instead: runtime/distributed/data.py).
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ def check_plan(cfg: Config, plan, plan_model, cluster, world_size: int, source: 
     elif want // plan.dp < plan.num_microbatches:
         errors.append(f"each replica reads {want // plan.dp} samples per step, fewer than the plan's "
                       f"{plan.num_microbatches} microbatches")
-    if getattr(cfg.data, "balance", "none") != "none":
-        errors.append(f"data.balance = {cfg.data.balance!r}: the distributed loader has no balanced sampler yet "
-                      "(use --data.balance=none)")
+    elif cfg.data.balance != "none" and want % (plan.dp * plan.num_microbatches):
+        # The balanced loader's step is dp x num_microbatches micro-batches of a mean size: any
+        # other global batch would hold other samples than one process's step.
+        errors.append(f"data.balance = {cfg.data.balance!r}: the global batch {want} does not split into dp {plan.dp} "
+                      f"x {plan.num_microbatches} microbatches of equal mean size")
     schedule = plan.schedule
     if schedule == "zb":
         # Same dependencies, B runs W's work too: the 1F1B order is a valid order for it.

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from amylum.config import Config, to_toml
 from amylum.runtime.distributed.launch import LaunchEnv, init_process_group, rank_device
-from amylum.runtime.distributed.planning import CheckedPlan, global_batch, resolve_plan
+from amylum.runtime.distributed.planning import CheckedPlan, resolve_plan
 
 
 def _quiet(_: str) -> None:
@@ -71,11 +71,12 @@ def _prepare_run_dir(cfg: Config, checked: CheckedPlan) -> None:
 
 
 def _train(cfg: Config, env: LaunchEnv, device: torch.device, checked: CheckedPlan, stop_after, log, started) -> dict:
-    from amylum.data.dataset import MultimodalDataset, ResumableLoader
+    from amylum.data.dataset import MultimodalDataset
     from amylum.data.processor import MultimodalProcessor
     from amylum.data.tokenizer import load_tokenizer
     from amylum.runtime.build import build_model, prepare_data
     from amylum.runtime.distributed.assembly import assemble_rank
+    from amylum.runtime.distributed.data import replica_loader
     from amylum.runtime.distributed.trainer import DistributedTrainer
     from amylum.runtime.provenance import code_commit, hardware
     from amylum.runtime.trainer import seed_everything
@@ -94,20 +95,18 @@ def _train(cfg: Config, env: LaunchEnv, device: torch.device, checked: CheckedPl
     modalities = list(model.encoders)
     processor = MultimodalProcessor(tokenizer, model.modality_specs(), max_length=cfg.data.max_length,
                                     on_error=cfg.data.on_error)
+    # Every rank of a replica reads the same samples: the loader is indexed by the replica. It is
+    # built from the whole model (balanced mode estimates work from every module), before the cut.
+    loader = replica_loader(cfg, MultimodalDataset(paths.train, processor), model, checked,
+                            replica=layout.role(env.rank).replica)
     stage = assemble_rank(model, layout, env.rank, plan.num_microbatches, checked.schedule, device)
-    # Every rank of a replica reads the same samples: the loader is indexed by the replica. An
-    # epoch's last, short batch is dropped: every replica must run the plan's microbatch count
-    # (its collectives and P2P messages are per microbatch).
-    loader = ResumableLoader(MultimodalDataset(paths.train, processor), batch_size=global_batch(cfg) // plan.dp,
-                             seed=cfg.job.seed, max_length=cfg.data.max_length, drop_last=True,
-                             rank=stage.role.replica, world_size=plan.dp)
     log(f"amylum: {cfg.model.preset} on {env.world_size} processes ({device.type}), plan {checked.source}: "
         f"{plan.placement}, {len(layout.stage_ranks)} stages, dp {plan.dp}, {plan.num_microbatches} microbatches "
-        f"per replica, {checked.schedule}; {counts.get('trainable', 0):,} trainable parameters; run directory {cfg.job.run_dir}")
+        f"per replica, {checked.schedule}, data.balance {cfg.data.balance}; {counts.get('trainable', 0):,} trainable parameters; run directory {cfg.job.run_dir}")
     for note in checked.notes:
         log(f"note: {note}")
     trainer = DistributedTrainer(cfg, stage, loader, device=device, num_microbatches=plan.num_microbatches,
-                                 modalities=modalities)
+                                 modalities=modalities, loader_yields_microbatches=cfg.data.balance != "none")
     if cfg.checkpoint.resume != "never":
         explicit = None if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
         if trainer.resume(explicit):
@@ -122,7 +121,7 @@ def _train(cfg: Config, env: LaunchEnv, device: torch.device, checked: CheckedPl
         "hardware": hardware(device, trainer.energy.backend), "energy": result.energy,
         "plan": {"source": checked.source, "placement": plan.placement, "dp": plan.dp,
                  "stages": len(layout.stage_ranks), "num_microbatches": plan.num_microbatches,
-                 "schedule": checked.schedule},
+                 "schedule": checked.schedule, "balance": cfg.data.balance},
         "losses": {str(k): v for k, v in sorted(result.losses.items())},
     }
     if result.losses:

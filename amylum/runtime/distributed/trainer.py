@@ -7,7 +7,9 @@ changes is one optimizer step:
 
 1. each replica reads its share of the global batch (its own loader, indexed by the replica,
    not by the global rank: every rank of a replica needs the same samples) and cuts it into the
-   plan's microbatches;
+   plan's microbatches; a balanced loader (``data.balance``) yields the microbatches themselves,
+   already split by work and ordered for the pipeline, and the step takes the plan's count of
+   them in that order;
 2. the loss is normalised by the global target-token count (summed over replicas), so every
    token weighs what it weighs on one process and FSDP's summed gradients are exact;
 3. the executor runs the stage's action list; the loss lives on each replica's last stage;
@@ -59,10 +61,11 @@ def _targets(batch: MultimodalBatch) -> int:
 
 class DistributedTrainer(Trainer):
     def __init__(self, cfg: Config, stage: RankStage, loader: StatefulLoader, *, device: torch.device,
-                 num_microbatches: int, modalities: list[str]) -> None:
+                 num_microbatches: int, modalities: list[str], loader_yields_microbatches: bool = False) -> None:
         self.stage = stage
         self.rank = dist.get_rank()
         self.num_microbatches = num_microbatches
+        self.loader_yields_microbatches = loader_yields_microbatches
         self.modalities = modalities  # fixed order: the summed item counts line up on every rank
         # The optimizer and the checkpoints see the stage's parameters under the full model's names.
         super().__init__(cfg, stage.state, loader, device=device, evaluator=None)
@@ -93,20 +96,28 @@ class DistributedTrainer(Trainer):
         dist.all_reduce(t)
         return t.tolist()
 
+    def _step_microbatches(self) -> list[MultimodalBatch]:
+        """This replica's microbatches of the next step, in the order the executor runs them."""
+        if self.loader_yields_microbatches:
+            # A balanced iteration is exactly the plan's count of microbatches, so consecutive
+            # steps never mix iterations (and a checkpoint between steps sits on a boundary).
+            return [self._next_batch() for _ in range(self.num_microbatches)]
+        batch = self._next_batch()
+        return [batch.select_rows(rows) for rows in microbatch_rows(int(batch.input_ids.shape[0]), self.num_microbatches)]
+
     def train_step(self) -> dict[str, Any]:
         t = self.cfg.training
         self.model.train()
         self.stage.module.train()
-        batch = self._next_batch()
-        micro = [batch.select_rows(rows) for rows in microbatch_rows(int(batch.input_ids.shape[0]), self.num_microbatches)]
-        (total_targets,) = self._sum_over_replicas([float(_targets(batch))])
+        micro = self._step_microbatches()
+        (total_targets,) = self._sum_over_replicas([float(sum(_targets(b) for b in micro))])
+        counts = [float(sum(b.num_tokens for b in micro)), float(sum(b.num_samples for b in micro))]
+        counts += [float(sum(b.num_items(m) for b in micro)) for m in self.modalities]
         micro = [b.to(self.device, non_blocking=True) for b in micro]
         with self._autocast():
             loss = self.stage.executor.step(micro, num_items_in_batch=max(1, int(total_targets)))
         local_loss = float(loss) if loss is not None else 0.0
-        figures = self._sum_over_replicas(
-            [local_loss, float(batch.num_tokens), float(batch.num_samples)]
-            + [float(batch.num_items(m)) for m in self.modalities])
+        figures = self._sum_over_replicas([local_loss] + counts)
         items = {m: int(n) for m, n in zip(self.modalities, figures[3:])}
         self._drop_unseen_branches(items)
         max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
