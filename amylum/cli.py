@@ -10,7 +10,8 @@ from amylum import __version__
 from amylum.config import ConfigError, normalize_overrides
 
 # Modules that add subcommands. An import error here is a bug to surface, not a command to hide.
-COMMAND_MODULES = ("amylum.runtime.commands", "amylum.planner.commands", "amylum.evaluation.commands", "amylum.selection.commands", "amylum.planner.energy.commands")
+COMMAND_MODULES = ("amylum.runtime.commands", "amylum.planner.commands", "amylum.evaluation.commands", "amylum.selection.commands", "amylum.planner.energy.commands",
+                   "amylum.resilience.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
