@@ -3,10 +3,16 @@
 Shapes are sent with every message (a small header before the payload), because image and
 audio token counts change from one microbatch to the next: nothing is inferred once and
 assumed. SENDs are asynchronous and complete by the end of the step; RECVs block, which is
-what the planner's validator proves deadlock-free. ``W`` actions are accepted and run nothing:
-``B`` computes input and weight gradients together (a split-W executor is future work).
-Gradient flows back only where the action list sends it: frozen-aware pruning happens in the
-plan, and the executor follows it.
+what the planner's validator proves deadlock-free. Gradient flows back only where the action
+list sends it: frozen-aware pruning happens in the plan, and the executor follows it.
+
+``B`` and ``W``: where the list has a ``W`` for a microbatch (zero-bubble schedules,
+``split_w``), ``B`` computes only the gradient of the stage's received inputs, which is what the
+SEND after it carries upstream, and ``W`` later fills the parameter gradients from what ``B``
+kept (``split_backward.py``). Where it has none (a stage with nothing trainable, a fused last
+stage, 1F1B without split), ``B`` computes both. Stages under FSDP always fuse: FSDP reduces a
+parameter's gradient when its backward reaches it, which a deferred W would bypass; their ``W``
+runs nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from amylum.data.batch import MultimodalBatch
+from .split_backward import DeferredWeightGrad, backward_input, backward_weight
 
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 _HEADER = 8  # dtype code, ndim, up to 6 dims
@@ -71,6 +79,7 @@ class PipelineExecutor:
                 raise ValueError(f"action {a} names stage {a.peer}, which has no rank")
         # Inputs need autograd only when a gradient is sent back for them.
         self._grad_peers = {(a.mb, a.peer) for a in actions if a.op == "SEND" and a.data == "grad"}
+        self._split_mbs = _split_microbatches(actions) if not _under_fsdp(module) else set()
 
     def _src(self, peer: int, data: str) -> int:
         if self.layout is None:
@@ -100,6 +109,8 @@ class PipelineExecutor:
         grads: dict[int, torch.Tensor] = {}
         pending: list = []
         keep_alive: list[torch.Tensor] = []  # tensors of in-flight sends
+        deferred: dict[int, DeferredWeightGrad] = {}  # B done, W pending
+        weights = [p for p in self.module.parameters() if p.requires_grad]
         loss_total = None
         for a in self.actions:
             if a.op == "RECV":
@@ -127,25 +138,36 @@ class PipelineExecutor:
                 for dst in self._dsts(a.peer, a.data):
                     pending += [dist.isend(_header(t), dst), dist.isend(t, dst)]
             elif a.op == "B":
-                out = outputs.pop(a.mb)
-                # An empty message of an idle encoder stage still requires grad: its backward
-                # runs the sharded encoder's collectives like its replicas' (DESIGN §4.4).
-                if out.requires_grad:
-                    if out.dim() == 0:
-                        out.backward()
-                    else:
-                        torch.autograd.backward(out, grads.pop(a.mb).to(out.dtype))
-                else:
-                    grads.pop(a.mb, None)
+                kept = self._backward_input(a.mb, outputs.pop(a.mb), grads.pop(a.mb, None), inputs, weights)
+                if kept is not None:
+                    deferred[a.mb] = kept
             elif a.op == "W":
-                pass
+                if a.mb in deferred:  # absent: B found nothing to differentiate, or B was fused
+                    backward_weight(deferred.pop(a.mb), weights)
             else:
                 raise ValueError(f"unknown action {a}")
         for work in pending:
             work.wait()
+        if deferred:
+            raise RuntimeError(f"stage {self.stage}: microbatches {sorted(deferred)} ran B but never W")
         if self.tied_group is not None:
             self._sync_tied()
         return loss_total
+
+    def _backward_input(self, mb, out, grad, inputs, weights) -> DeferredWeightGrad | None:
+        """Run ``B`` for ``mb``: the input gradients, plus the weight gradients unless a ``W``
+        follows; returns what that ``W`` needs (None when it has nothing to do)."""
+        # An empty message of an idle encoder stage still requires grad: its backward runs the
+        # sharded encoder's collectives like its replicas' (DESIGN §4.4).
+        if not out.requires_grad:
+            return None
+        if out.dim() != 0:
+            grad = grad.to(out.dtype)
+        if mb not in self._split_mbs:
+            torch.autograd.backward(out, grad)
+            return None
+        received = [t for (m, _), t in inputs.items() if m == mb and t.requires_grad]
+        return backward_input(out, grad, received, weights)
 
     def _sync_tied(self) -> None:
         """Sum the tied input-embedding / LM-head gradient of the first and last LLM stages.
@@ -161,3 +183,25 @@ class PipelineExecutor:
         # equally sized data-parallel meshes, so the local shards line up.
         local = grad.to_local() if hasattr(grad, "to_local") else grad
         dist.all_reduce(local, group=self.tied_group)
+
+
+def _split_microbatches(actions: list) -> set[int]:
+    """Microbatches whose weight gradient the list defers to a later ``W`` action; checks each
+    ``W`` comes after its ``B``, since it consumes what that ``B`` kept. A ``W`` right behind its
+    ``B`` (1F1B with ``split_w``) gains nothing from a split, so that ``B`` stays fused."""
+    split, backward_done = set(), set()
+    for i, a in enumerate(actions):
+        if a.op == "B":
+            backward_done.add(a.mb)
+        elif a.op == "W":
+            if a.mb not in backward_done:
+                raise ValueError(f"W of microbatch {a.mb} on stage {a.stage} comes before its B")
+            previous = actions[i - 1]
+            if not (previous.op == "B" and previous.mb == a.mb):
+                split.add(a.mb)
+    return split
+
+
+def _under_fsdp(module: nn.Module) -> bool:
+    """Whether FSDP2 shards any part of ``module`` (its gradients are reduced in its backward)."""
+    return any(isinstance(m, FSDPModule) for m in module.modules())
