@@ -265,3 +265,10 @@ def cp_tp_worker(rank, world_size, exchange):
         return loss
 
     return compare_steps(step, ref_step, list(model.named_parameters()), ref, label=f"cp×tp {exchange}: ")
+
+
+def each_exchange(rank, world_size, worker_name):
+    """Run one composition worker with both K/V exchanges in one process world: the spawn and
+    the torch/transformers imports, most of such a test's time, are paid once."""
+    worker = globals()[worker_name]
+    return {exchange: worker(rank, world_size, exchange) for exchange in ("allgather", "sparse")}
