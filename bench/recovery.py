@@ -32,34 +32,8 @@ from pathlib import Path
 
 from amylum.resilience.events import read_events
 from amylum.resilience.launch import spare_path
-from amylum.resilience.local import LocalCluster
+from amylum.resilience.local import LocalCluster, write_tiny_run
 
-CONFIG = """
-[job]
-run_dir = "{root}/run"
-seed = 0
-threads = 1
-[model]
-preset = "tiny-vlm"
-[data]
-demo = "vlm"
-n_train = 96
-n_eval = 0
-max_length = 128
-[training]
-steps = 10000
-batch_size = 4
-lr = 0.005
-warmup_steps = 2
-[checkpoint]
-every = 0
-[resilience]
-f = 1
-global_microbatches = 6
-max_nodes = 3
-snapshot_root = "{root}/shm"
-heartbeat_timeout_s = 4.0
-"""
 TIMEOUT = 300
 
 
@@ -75,10 +49,10 @@ def _events(run_dir: Path) -> list[dict]:
 
 def scenario(warm: bool) -> dict:
     root = Path(tempfile.mkdtemp(prefix="amylum-recovery-"))
-    (root / "run.toml").write_text(CONFIG.format(root=root))
+    config = write_tiny_run(root, steps=10000)
     run_dir = root / "run"
     port = _port()
-    cluster = LocalCluster(root / "run.toml", [], run_id=f"bench-{port}", port=port, min_nodes=2, max_nodes=3,
+    cluster = LocalCluster(config, [], run_id=f"bench-{port}", port=port, min_nodes=2, max_nodes=3,
                            log_dir=root / "logs", warm_spares=warm)
     deadline = time.time() + TIMEOUT
     try:

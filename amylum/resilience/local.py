@@ -62,6 +62,49 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+TINY_RUN = """
+[job]
+run_dir = "{run_dir}"
+seed = 0
+threads = 1
+
+[model]
+preset = "tiny-vlm"
+
+[data]
+demo = "vlm"
+n_train = 96
+n_eval = 0
+max_length = 128
+
+[training]
+steps = {steps}
+batch_size = 4
+lr = 0.005
+warmup_steps = 2
+
+[checkpoint]
+every = {checkpoint_every}
+keep_last = 2
+
+[resilience]
+f = 1
+global_microbatches = 6
+max_nodes = 3
+snapshot_root = "{shm}"
+heartbeat_timeout_s = 4.0
+"""
+
+
+def write_tiny_run(root: Path, *, steps: int, checkpoint_every: int = 0) -> Path:
+    """``root/run.toml``: the tiny elastic run of the CPU tests and ``bench/recovery.py`` (tiny-vlm,
+    f = 1, 6 global microbatches of 4, up to 3 nodes, snapshots under ``root/shm``)."""
+    path = Path(root) / "run.toml"
+    path.write_text(TINY_RUN.format(run_dir=Path(root) / "run", shm=Path(root) / "shm", steps=steps,
+                                    checkpoint_every=checkpoint_every))
+    return path
+
+
 class LocalCluster:
     def __init__(self, config: str | Path, overrides: list[str], *, run_id: str, port: int, min_nodes: int,
                  max_nodes: int, max_restarts: int = 10, log_dir: str | Path, rdzv_conf: str = RDZV_CONF,

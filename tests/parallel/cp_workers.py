@@ -168,11 +168,7 @@ def cp_fsdp_worker(rank, world_size, exchange):
         dist.all_reduce(summed)  # every rank holds part of the step's loss
         return summed
 
-    def ref_step():
-        loss = sum(ref(b, num_items_in_batch=total).loss for b in batches)
-        loss.backward()
-        return loss
-
+    ref_step = _reference_step(ref, batches, total)
     return compare_steps(step, ref_step, list(model.named_parameters()), ref, label=f"cp×fsdp {exchange}: ")
 
 
@@ -218,11 +214,7 @@ def cp_pipeline_worker(rank, world_size, exchange):
         dist.all_reduce(loss, group=cp_groups[stage])  # each CP rank of the last stage holds part
         return loss
 
-    def ref_step():
-        loss = sum(ref(b, num_items_in_batch=count).loss for b in batches)
-        loss.backward()
-        return loss
-
+    ref_step = _reference_step(ref, batches, count)
     return compare_steps(step, ref_step, named, ref, label=f"pp×cp stage {stage} cp {cp_rank}: ")
 
 
@@ -259,12 +251,19 @@ def cp_tp_worker(rank, world_size, exchange):
         dist.all_reduce(summed, group=cp_group)  # TP peers hold the same partial sum
         return summed
 
+    ref_step = _reference_step(ref, batches, count)
+    return compare_steps(step, ref_step, list(model.named_parameters()), ref, label=f"cp×tp {exchange}: ")
+
+
+def _reference_step(ref, batches, num_items):
+    """One process's step over the same microbatches: the summed loss, gradients accumulated."""
+
     def ref_step():
-        loss = sum(ref(b, num_items_in_batch=count).loss for b in batches)
+        loss = sum(ref(b, num_items_in_batch=num_items).loss for b in batches)
         loss.backward()
         return loss
 
-    return compare_steps(step, ref_step, list(model.named_parameters()), ref, label=f"cp×tp {exchange}: ")
+    return ref_step
 
 
 def each_exchange(rank, world_size, worker_name):

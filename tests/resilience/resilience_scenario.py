@@ -9,41 +9,8 @@ import time
 from pathlib import Path
 
 from amylum.resilience.events import read_events
+from amylum.resilience.local import write_tiny_run
 
-CONFIG = """
-[job]
-run_dir = "{run_dir}"
-seed = 0
-threads = 1
-
-[model]
-preset = "tiny-vlm"
-
-[data]
-demo = "vlm"
-n_train = 96
-n_eval = 0
-max_length = 128
-
-[training]
-steps = {steps}
-batch_size = 4
-lr = 0.005
-warmup_steps = 2
-
-[checkpoint]
-every = 4
-keep_last = 2
-
-[resilience]
-f = 1
-global_microbatches = 6
-max_nodes = 3
-snapshot_root = "{shm}"
-heartbeat_interval_s = 0.5
-heartbeat_timeout_s = 4.0
-collective_timeout_s = 30.0
-"""
 
 
 def free_port() -> int:
@@ -53,9 +20,7 @@ def free_port() -> int:
 
 
 def write_config(root: Path, steps: int) -> Path:
-    path = root / "run.toml"
-    path.write_text(CONFIG.format(run_dir=root / "run", shm=root / "shm", steps=steps))
-    return path
+    return write_tiny_run(root, steps=steps, checkpoint_every=4)
 
 
 def reference_losses(root: Path, config: Path, timeout: float = 180) -> dict[int, float]:
