@@ -47,31 +47,53 @@ def timed(step, n=10, warm=4):
     return (time.perf_counter() - t) * 1000 / n
 
 
+def _no_kv_expansion():
+    """The variant without the GQA K/V expansion (amylum.attention.backends)."""
+    import amylum.attention.backends as backends
+
+    backends.EXPAND_KV_BELOW_PROGRAMS_PER_SM = 0.0
+
+
 def main():
     variants = {
-        "default (flex, compile, chunk 2048)": {},
-        "decomposed attention": {"backend": "decomposed"},
-        "decomposed, no compile": {"backend": "decomposed", "compile_": False},
+        "default (flex, compile, chunk 2048)": ({}, None),
+        "no GQA K/V expansion": ({}, _no_kv_expansion),
     }
-    for name, kw in variants.items():
+    for name, (kw, before) in variants.items():
+        import amylum.attention.backends as backends
+
+        saved = backends.EXPAND_KV_BELOW_PROGRAMS_PER_SM
         try:
+            if before:
+                before()
+            torch.cuda.reset_peak_memory_stats()
             model, step = setup(**kw)
             ms = timed(step)
             print(f"{name:<40} {ms:7.1f} ms/step  peak {torch.cuda.max_memory_allocated() / 2**30:5.1f} GiB", flush=True)
+            del model, step
         except Exception as e:  # a variant that fails is reported, not fatal
             print(f"{name:<40} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        del model, step
+        finally:
+            backends.EXPAND_KV_BELOW_PROGRAMS_PER_SM = saved
+            torch._dynamo.reset()  # the next variant compiles its own blocks
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    model, step = setup(backend="decomposed")
-    timed(step, n=2)
+    model, step = setup()
+    ms = timed(step, n=5)
     from torch.profiler import ProfilerActivity, profile
 
+    steps = 3
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
+        for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+    averages = prof.key_averages()
+    # device-side events only: the host-side launch records of compiled kernels carry the same
+    # device time and would count it twice
+    kernels_ms = sum(e.device_time for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3 / steps
+    # GPU busy vs step time: the gap is time the GPU waits for the host (launches, guards)
+    print(f"\nstep {ms:.1f} ms; GPU kernel time {kernels_ms:.1f} ms/step ({kernels_ms / ms:.0%} busy)")
+    print(averages.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
 
 
 if __name__ == "__main__":

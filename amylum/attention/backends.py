@@ -58,9 +58,30 @@ def reference_attention(module, query, key, value, attention_mask, dropout: floa
 STATIC_FLEX_LENGTHS = 16
 
 
+# GQA with few key tiles: FlexAttention's dK/dV kernel runs one program per (row, KV head, key
+# tile of 128), so 4 rows × 2 KV heads × 14 tiles (Qwen2-1.5B at 1,753 tokens) is 112 programs
+# for an H100's 132 SMs, and its backward costs 4× its forward. Expanding K/V to the query heads
+# multiplies the programs by the group size (the copy and the sum of dK/dV over each group are
+# cheap at such lengths). bench/flex_gqa.py, H100: fwd+bwd 0.90× at 4 × 1,753 tokens, 0.79× at
+# 2 × 3,506, 0.82× at 1 × 7,012 (110-112 programs). Only below this many programs per SM, where
+# it was measured; longer rows fill the GPU without it.
+EXPAND_KV_BELOW_PROGRAMS_PER_SM = 1.0
+
+
+def _expand_kv(query: torch.Tensor, key: torch.Tensor) -> bool:
+    if query.shape[1] == key.shape[1] or not query.is_cuda or not (query.requires_grad or key.requires_grad):
+        return False
+    programs = key.shape[0] * key.shape[1] * -(-key.shape[2] // 128)
+    return programs < EXPAND_KV_BELOW_PROGRAMS_PER_SM * torch.cuda.get_device_properties(query.device).multi_processor_count
+
+
 def _flex_call(query, key, value, block_mask, scale, enable_gqa, kernel_options):
     from torch.nn.attention.flex_attention import flex_attention
 
+    if enable_gqa and _expand_kv(query, key):
+        group = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+        enable_gqa = False
     return flex_attention(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
                           kernel_options=kernel_options)
 

@@ -57,7 +57,7 @@ from .cp_policies import (  # noqa: F401
     zigzag_blocks,
 )
 from .cp_traffic import RankWork, allgather_kv_time, needed_keys, rank_work, received_keys  # noqa: F401
-from .cp_work import CPWorkModel, default_work_model  # noqa: F401
+from .cp_work import AttentionKernelFit, CPWorkModel, default_work_model  # noqa: F401
 
 
 def plan_cp(spec_or_lo, hi=None, *, cp: int, policy: str = "balanced", block_size: int = 128,

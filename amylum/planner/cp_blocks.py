@@ -59,9 +59,53 @@ def block_tokens(seq_len: int, block_size: int) -> np.ndarray:
     return (np.minimum(starts + block_size, seq_len) - starts).astype(np.float64)
 
 
+def block_tiles(lo: np.ndarray, hi: np.ndarray, block_size: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(partial, full) key tiles of ``tile`` keys that each query block visits, against the whole sequence.
+
+    The same classification as the runtime's block mask (``parallel.cp_attention.rect_tile_tables``):
+    a key tile is visited when it meets the union of the block's key intervals, and full when
+    every query of the block sees all of it. Exact per query tile when ``block_size == tile``
+    (the default: a rank's queries are whole blocks, so its kernel tiles are its blocks).
+    """
+    starts = block_starts(lo.size, block_size)
+    lo_min, lo_max = np.minimum.reduceat(lo, starts), np.maximum.reduceat(lo, starts)
+    hi_min, hi_max = np.minimum.reduceat(hi, starts), np.maximum.reduceat(hi, starts)
+    visited = hi_max // tile - lo_min // tile + 1
+    # full tiles: [k, k + tile) inside [lo_max, hi_min]; the sequence's last tile may be short
+    n = lo.size
+    first = -(-lo_max // tile)
+    last_end = np.where(hi_min == n - 1, -(-n // tile), (hi_min + 1) // tile)
+    full = np.maximum(0, last_end - first)
+    return (visited - full).astype(np.float64), full.astype(np.float64)
+
+
+def key_tile_visits(lo: np.ndarray, hi: np.ndarray, block_size: int, blocks, tile: int) -> float:
+    """The most query blocks of ``blocks`` that visit any one key tile (the block mask's count)."""
+    starts = block_starts(lo.size, block_size)
+    first = np.minimum.reduceat(lo, starts)[list(blocks)] // tile
+    last = np.maximum.reduceat(hi, starts)[list(blocks)] // tile
+    if first.size == 0:
+        return 0.0
+    count = np.zeros(-(-lo.size // tile) + 1)
+    np.add.at(count, first, 1)
+    np.add.at(count, last + 1, -1)
+    return float(np.cumsum(count).max())
+
+
 def block_weights(lo: np.ndarray, hi: np.ndarray, block_size: int, model: CPWorkModel) -> np.ndarray:
-    """Fwd+bwd cost of each query block: attention under the mask plus the per-token part."""
-    return block_entries(lo, hi, block_size) * model.per_entry + block_tokens(lo.size, block_size) * model.per_token
+    """Fwd+bwd cost of each query block: attention under the mask plus the per-token part.
+
+    Attention is costed per allowed entry, or, with a GPU kernel fit (``model.tiled``), per
+    kernel tile visited. A rank's fixed cost per call (``model.call_overhead``) is not per
+    block: ``cp_traffic.rank_work`` adds it.
+    """
+    tokens = block_tokens(lo.size, block_size) * model.per_token
+    if model.tiled:
+        partial, full = block_tiles(lo, hi, block_size, model.tile)
+        query_tiles = np.ceil(block_tokens(lo.size, block_size) / model.tile)
+        return (partial * model.attn_partial_tile + full * model.attn_full_tile
+                + query_tiles * model.attn_query_tile + tokens)
+    return block_entries(lo, hi, block_size) * model.per_entry + tokens
 
 
 # ---- the assignment ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cp_blocks import CPAssignment, block_entries, block_tokens, flat_intervals
+from .cp_blocks import CPAssignment, block_entries, block_tokens, block_weights, flat_intervals, key_tile_visits
 from .cp_work import CPWorkModel, default_work_model
 from .spec import DTYPE_BYTES, ClusterSpec
 
@@ -77,6 +77,14 @@ def received_keys(assignment: CPAssignment, lo: np.ndarray, hi: np.ndarray, rank
     return np.nonzero(np.repeat(blocks, kv_block)[:n] & remote)[0]
 
 
+def _call_cost(model: CPWorkModel, lo: np.ndarray, hi: np.ndarray, block_size: int, blocks) -> float:
+    """A rank's per-call attention cost beyond its blocks' sum (zero without a GPU kernel fit)."""
+    if not blocks or not model.tiled:
+        return 0.0
+    visits = key_tile_visits(lo, hi, block_size, blocks, model.tile) if model.attn_key_visits else 0.0
+    return model.call_overhead(lo.size) + model.attn_key_visits * visits
+
+
 def rank_work(assignment: CPAssignment, spec_or_lo, hi=None, *, model: CPWorkModel | None = None,
               kv_bytes_per_token: float = 2 * 8 * 128 * DTYPE_BYTES, kv_block: int | None = None,
               traffic: bool = True) -> RankWork:
@@ -96,9 +104,12 @@ def rank_work(assignment: CPAssignment, spec_or_lo, hi=None, *, model: CPWorkMod
     model = model or default_work_model()
     b_entries = block_entries(lo, hi, assignment.block_size)
     b_tokens = block_tokens(n, assignment.block_size)
+    b_weights = block_weights(lo, hi, assignment.block_size, model)
     tokens = [int(b_tokens[list(r)].sum()) for r in assignment.blocks]
     entries = [float(b_entries[list(r)].sum()) for r in assignment.blocks]
-    compute = [e * model.per_entry + t * model.per_token for e, t in zip(entries, tokens)]
+    # all-gather CP: every rank's call runs over the whole sequence's keys
+    compute = [float(b_weights[list(r)].sum()) + _call_cost(model, lo, hi, assignment.block_size, r)
+               for r in assignment.blocks]
     needed, ag, sp, pk_ag, pk_sp = [], [], [], [], []
     if traffic:
         owner = assignment.owner()

@@ -7,7 +7,9 @@ cost model (``layers.transformer_layer`` FLOPs over a profile's or the GPU's rat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from .layers import transformer_layer
 from .spec import ClusterSpec
@@ -28,6 +30,25 @@ class CPWorkModel:
     attn_entry_bwd: float = 2.0
     token_fwd: float = 0.0
     token_bwd: float = 0.0
+    # The attention kernel's own cost (fwd + bwd), fitted on a GPU (``bench/gpu_cp_attention.py``):
+    # a block-sparse kernel visits the ``tile``×``tile`` (query, key) tiles its block mask marks,
+    # skips empty ones, and evaluates the mask only inside partial ones; each query tile and
+    # each rank's call cost a fixed amount on top. Entries alone mispredict sparse masks
+    # (packed rows: many partial tiles, few entries each). When set, these replace the
+    # per-entry attention terms.
+    attn_partial_tile: float = 0.0
+    attn_full_tile: float = 0.0
+    attn_query_tile: float = 0.0
+    rank_overhead: float = 0.0  # per rank and layer call (launches, kernel prologues)
+    # per key tile of the K/V a rank attends over, per call: the dK/dV kernel runs one program
+    # per key tile (and writes its gradient) whether or not any of the rank's queries see it
+    attn_key_tile: float = 0.0
+    # per query tile on the rank's most-visited key tile: the dK/dV kernel runs a program per
+    # key tile that loops over the query tiles seeing it, so when a rank's queries are
+    # contiguous under a sparse mask, few long programs carry all the work and the longest
+    # one sets the kernel's time (scattered blocks spread it over many short programs)
+    attn_key_visits: float = 0.0
+    tile: int = 128
 
     @property
     def per_entry(self) -> float:
@@ -36,6 +57,21 @@ class CPWorkModel:
     @property
     def per_token(self) -> float:
         return self.token_fwd + self.token_bwd
+
+    @property
+    def tiled(self) -> bool:
+        """Attention costed per kernel tile (a GPU fit) rather than per allowed entry."""
+        return (self.attn_partial_tile, self.attn_full_tile, self.attn_query_tile) != (0.0, 0.0, 0.0)
+
+    def with_kernel_fit(self, fit: "AttentionKernelFit") -> "CPWorkModel":
+        """This layer with its attention costed by ``fit`` (same time unit: seconds)."""
+        return replace(self, attn_partial_tile=fit.partial_tile, attn_full_tile=fit.full_tile,
+                       attn_query_tile=fit.query_tile, rank_overhead=fit.rank_overhead,
+                       attn_key_tile=fit.key_tile, attn_key_visits=fit.key_visits, tile=fit.tile)
+
+    def call_overhead(self, kv_len: int) -> float:
+        """A rank's fixed cost per layer call over ``kv_len`` keys (zero without a kernel fit)."""
+        return self.rank_overhead + self.attn_key_tile * -(-kv_len // self.tile)
 
     @classmethod
     def attention_only(cls) -> "CPWorkModel":
@@ -67,6 +103,34 @@ class CPWorkModel:
         a_rate = attn_rate or rate("fwd")
         token_bwd = linear / rate("igrad") + (linear / rate("wgrad") if trainable else 0.0)
         return cls(entry / a_rate, 2 * entry / (attn_rate or rate("igrad")), linear / rate("fwd"), token_bwd)
+
+
+@dataclass(frozen=True)
+class AttentionKernelFit:
+    """Seconds (fwd + bwd, one layer) of a block-sparse attention kernel per partial tile, full
+    tile, query tile, rank call, key tile of the K/V, and query tile on the most-visited key
+    tile; fitted on one GPU for one head shape (``CPWorkModel``'s fields say why each)."""
+
+    partial_tile: float
+    full_tile: float
+    query_tile: float
+    rank_overhead: float
+    key_tile: float = 0.0
+    key_visits: float = 0.0
+    tile: int = 128
+    device: str = ""
+    heads: str = ""  # e.g. "32/8x128": query heads / KV heads × head dim
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AttentionKernelFit":
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown attention-kernel fit fields {sorted(unknown)}")
+        return cls(**data)
 
 
 def default_work_model() -> CPWorkModel:

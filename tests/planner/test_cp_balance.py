@@ -177,3 +177,44 @@ def test_contiguous_is_the_best_contiguous_split():
                    for cuts in itertools.combinations(range(1, n), k - 1) for c in [[0, *cuts, n]])
         assert max(_loads(w, ranks)) == pytest.approx(best)
         assert n < cp or all(ranks)
+
+
+def test_block_tiles_match_the_runtime_block_mask_per_rank():
+    """The planner's tile counts (the GPU kernel fit's regressors) equal what the runtime's
+    rectangular block mask gives each rank's queries against the whole sequence."""
+    from amylum.parallel.cp_attention import rect_tile_tables
+    from amylum.planner.cp_blocks import block_tiles
+
+    for spec in _random_specs(n=3, seq=700, seed=3):
+        lo, hi = flat_intervals(spec)  # 1,400 tokens: the last block is short
+        partial, full = block_tiles(lo, hi, 128, 128)
+        a = plan_cp(lo, hi, cp=4, policy="balanced")
+        for r in range(4):
+            idx = a.token_indices(r)
+            p, f = rect_tile_tables(torch.as_tensor(lo[idx]), torch.as_tensor(hi[idx]), lo.size, 128, 128)
+            assert partial[list(a.blocks[r])].sum() == p.sum().item()
+            assert full[list(a.blocks[r])].sum() == f.sum().item()
+
+
+def test_kernel_fit_costs_tiles_and_round_trips(tmp_path):
+    from amylum.planner.cp_balance import AttentionKernelFit
+    from amylum.planner.cp_blocks import block_tiles
+
+    spec = _random_specs(n=1, seq=700, seed=4)[0]
+    lo, hi = flat_intervals(spec)
+    fit = AttentionKernelFit(partial_tile=3.0, full_tile=1.0, query_tile=5.0, rank_overhead=100.0, key_tile=0.5,
+                             device="test")
+    fit.save(tmp_path / "fit.json")
+    assert AttentionKernelFit.load(tmp_path / "fit.json") == fit
+    model = CPWorkModel(0.0, 0.0, 0.0, 0.0).with_kernel_fit(fit)
+    assert model.tiled and not CPWorkModel().tiled
+    a = plan_cp(lo, hi, cp=3, policy="balanced", model=model)
+    partial, full = block_tiles(lo, hi, 128, 128)
+    work = rank_work(a, lo, hi, model=model, traffic=False)
+    for r, blocks in enumerate(a.blocks):
+        b = list(blocks)
+        assert work.compute[r] == pytest.approx(3.0 * partial[b].sum() + full[b].sum() + 5.0 * len(b) + 100.0
+                                                  + 0.5 * -(-lo.size // 128))
+    (tmp_path / "bad.json").write_text('{"partial_tile": 1, "bogus": 2}')
+    with pytest.raises(ValueError, match="bogus"):
+        AttentionKernelFit.load(tmp_path / "bad.json")
