@@ -147,6 +147,17 @@ class ParallelConfig:
     timeout_s: float = _help(
         "Timeout of every collective and point-to-point op under torchrun: a hung rank fails the job after it.",
         default=300.0)
+    cp_policy: str = _help(
+        "Context parallelism (plan stages with cp > 1): which tokens each CP rank holds, decided per microbatch "
+        'from its mask: "balanced" (even whole-layer work), "contiguous" (locality, for the sparse exchange), '
+        '"uniform", "zigzag", "makespan", "makespan_attn" (docs/context_parallel.md).',
+        default="balanced")
+    cp_exchange: str = _help(
+        'How CP ranks get each other\'s keys and values: "allgather" (the whole sequence) or "sparse" (only the '
+        "key blocks their queries may see, point to point).",
+        default="allgather")
+    cp_block: int = _help("CP token block in tokens (a kernel tile); a short microbatch shrinks it so every "
+                          "CP rank gets a block.", default=128)
 
 
 @dataclass
@@ -336,6 +347,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"checkpoint.resume = {c.resume!r}: not 'auto', 'never' or an existing checkpoint folder")
     _positive(m.log_every, "metrics.log_every")
     _positive(cfg.parallel.timeout_s, "parallel.timeout_s")
+    from amylum.planner.cp_policies import POLICIES as CP_POLICIES
+
+    _choice(cfg.parallel.cp_policy, CP_POLICIES, "parallel.cp_policy")
+    _choice(cfg.parallel.cp_exchange, ("allgather", "sparse"), "parallel.cp_exchange")  # parallel.cp_exchange.EXCHANGES
+    _positive(cfg.parallel.cp_block, "parallel.cp_block")
     if cfg.parallel.plan and not Path(cfg.parallel.plan).is_file():
         raise ConfigError(f"parallel.plan: {cfg.parallel.plan} does not exist (a plan file from `amylum plan`)")
     _positive(m.peak_tflops, "metrics.peak_tflops", allow_zero=True)

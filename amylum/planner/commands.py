@@ -27,8 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--placement", choices=("any", "modality_parallel", "colocated"), default="any")
     p.add_argument("--schedule", choices=("1f1b", "gpipe"), default="1f1b")
     p.add_argument("--no-zero-bubble", action="store_true",
-                   help="keep B and W together (no zero-bubble order): amylum's pipeline executor still "
-                   "runs the whole backward in B, so a W split's simulated gain is not realised there yet")
+                   help="keep B and W together (no zero-bubble order): the best plan without a W split")
     p.add_argument("--profile", default=None, help="measured profile file (from `amylum profile`)")
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=command(run_plan), accepts_overrides=False)

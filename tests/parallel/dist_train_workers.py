@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from amylum.config import Config, load_config
@@ -41,6 +42,22 @@ def dp_pp_plan(global_batch: int = 8) -> Plan:
     )
 
 
+def modality_parallel_zb_plan() -> Plan:
+    """The planner's kinds of stages on 4 ranks, dp 1, zero-bubble: vision and audio encoder
+    stages, then the LLM in two stages (tied embeddings across them). Every trainable stage is
+    under FSDP over a one-rank mesh, and both LLM stages split W from B (the simulator's zb lists)."""
+    return Plan(
+        model="tiny-valm", placement="modality_parallel", dp=1, microbatch_size=1, num_microbatches=4,
+        global_batch=4, world_size=4, schedule="zb", split_w=True,
+        stages=(
+            StagePlan(0, "vision", _enc("vision", "patch_embed"), ranks=((0,),)),
+            StagePlan(1, "audio", _enc("audio", "conv"), ranks=((1,),)),
+            StagePlan(2, "llm", ("llm.embed", "llm.layers.0"), inputs=(0, 1), ranks=((2,),)),
+            StagePlan(3, "llm", ("llm.layers.1", "llm.head"), inputs=(2,), ranks=((3,),)),
+        ),
+    )
+
+
 def write_test_plan(path: Path, plan: Plan, cluster: ClusterSpec | None = None) -> Path:
     return write_plan(path, plan, load_model("tiny-valm", None, None), cluster or ClusterSpec.of(plan.world_size, "CPU", 4))
 
@@ -50,6 +67,53 @@ def llm_tp_plan() -> Plan:
     from plan_workers import modality_parallel_plan
 
     return modality_parallel_plan()
+
+
+def encoder_stages_llm_cp_plan() -> Plan:
+    """Vision on rank 2, audio on rank 3, the whole LLM on ranks 0-1 with CP 2: each encoder stage
+    sends its features to both CP ranks and sums the gradients they send back."""
+    return Plan(
+        model="tiny-valm", placement="modality_parallel", dp=1, microbatch_size=1, num_microbatches=4,
+        global_batch=4, world_size=4,
+        stages=(
+            StagePlan(0, "vision", _enc("vision", "patch_embed"), ranks=((2,),)),
+            StagePlan(1, "audio", _enc("audio", "conv"), ranks=((3,),)),
+            StagePlan(2, "llm", ("llm.embed", "llm.layers.0", "llm.layers.1", "llm.head"), cp=2, inputs=(0, 1),
+                      ranks=((0, 1),)),
+        ),
+    )
+
+
+def llm_pp_cp_plan() -> Plan:
+    """2 LLM stages x CP 2 (encoders colocated with the first): CP rank c of stage 0 feeds CP rank c
+    of stage 1; the tied embedding is summed per CP index between the first and last stage."""
+    return Plan(
+        model="tiny-valm", placement="colocated", dp=1, microbatch_size=2, num_microbatches=2,
+        global_batch=4, world_size=4,
+        stages=(
+            StagePlan(0, "colocated", _enc("vision", "patch_embed") + _enc("audio", "conv") + ("llm.embed", "llm.layers.0"),
+                      cp=2, ranks=((0, 1),)),
+            StagePlan(1, "colocated", ("llm.layers.1", "llm.head"), cp=2, inputs=(0,), ranks=((2, 3),)),
+        ),
+    )
+
+
+def dp_cp_plan() -> Plan:
+    """2 replicas x CP 2 of one stage (encoders colocated): FSDP reduces over replicas x CP ranks,
+    the loss is summed over both, the token and sample counts once per replica."""
+    return Plan(
+        model="tiny-valm", placement="colocated", dp=2, microbatch_size=1, num_microbatches=2,
+        global_batch=4, world_size=4,
+        stages=(StagePlan(0, "colocated", _enc("vision", "patch_embed") + _enc("audio", "conv")
+                          + ("llm.embed", "llm.layers.0", "llm.layers.1", "llm.head"), cp=2, ranks=((0, 1), (2, 3))),),
+    )
+
+
+def llm_tp_cp_plan() -> Plan:
+    """One stage of TP 2 x CP 2 (encoders colocated): each TP rank exchanges its heads' K/V over
+    its CP group; FSDP shards over the CP ranks, TP over the TP ranks."""
+    stage = dp_cp_plan().stages[0]
+    return replace(dp_cp_plan(), dp=1, num_microbatches=4, stages=(replace(stage, tp=2, ranks=((0, 1, 2, 3),)),))
 
 
 def train_worker(rank: int, world_size: int, jobs: list[tuple[str, str, tuple[str, ...], int | None]]) -> list[dict]:
@@ -66,4 +130,30 @@ def train_worker(rank: int, world_size: int, jobs: list[tuple[str, str, tuple[st
         first = train_distributed(config(), stop_after=stop_after, log=lambda _: None)
         resumed = train_distributed(config(), log=lambda _: None) if stop_after else {"losses": {}, "steps": first["steps"]}
         out.append({"first": first["losses"], "resumed": resumed["losses"], "steps": resumed["steps"]})
+    return out
+
+
+def zero_bubble_train_worker(rank: int, world_size: int, jobs: list) -> list[dict]:
+    """``train_worker``, counting per job what the zero-bubble split did on this rank: W actions
+    that ran apart from their B from B's join nodes (``split_w``) and FSDP reductions held until
+    a step's last W (``held_reductions``, one per step on a splitting FSDP stage)."""
+    from amylum.parallel.pipeline import executor
+
+    counts = {"split_w": 0, "held_reductions": 0}
+    backward_weight, reduce_held = executor.backward_weight, executor.reduce_held
+
+    def counting_backward_weight(deferred, weights):
+        counts["split_w"] += bool(deferred.param_groups)
+        backward_weight(deferred, weights)
+
+    def counting_reduce_held(roots):
+        counts["held_reductions"] += 1
+        reduce_held(roots)
+
+    executor.backward_weight, executor.reduce_held = counting_backward_weight, counting_reduce_held
+    out = []
+    for job in jobs:
+        counts.update(split_w=0, held_reductions=0)
+        (result,) = train_worker(rank, world_size, [job])
+        out.append({**result, **counts})
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -29,6 +30,36 @@ NORM_RTOL = 1e-5
 
 def _train_records(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def _run_plans_against_one_process(tmp_path, worker, jobs, *, samples_per_step: int | None = None) -> list:
+    """Train one process for 3 steps, then each (name, plan, extra overrides, stop step) job on one
+    4-rank gloo world; assert every job's losses and grad norms equal the single run's (a job
+    with a stop step is killed after it and resumed from its DCP checkpoint). Returns the
+    worker's per-rank results for further checks."""
+    from amylum.runtime.run import train
+
+    overrides = ("--training.batch_size=4",)
+    train(W.small_config(tmp_path / "single", *overrides), log=lambda _: None)
+    want = _train_records(tmp_path / "single")
+    for name, *_ in jobs:  # the demo data of the single run: generated once
+        shutil.copytree(tmp_path / "single" / "data", tmp_path / name / "dist" / "data")
+    args = [(str(tmp_path / name / "dist"), str(W.write_test_plan(tmp_path / name / "plan.json", plan)),
+             overrides + extra, stop) for name, plan, extra, stop in jobs]
+    results = run_world(worker, 4, args, timeout=240)
+    for j, (name, _, _, stop) in enumerate(jobs):
+        first, resumed = results[0][j]["first"], results[0][j]["resumed"]
+        assert sorted(first) == (["1", "2"] if stop else ["1", "2", "3"]) and results[0][j]["steps"] == 3
+        got = _train_records(tmp_path / name / "dist")
+        for step in (1, 2, 3):
+            loss = {**first, **resumed}[str(step)]
+            assert abs(loss - want[step]["loss"]) < LOSS_TOL, (name, step, loss, want[step]["loss"])
+            assert abs(got[step]["grad_norm"] - want[step]["grad_norm"]) < NORM_RTOL * want[step]["grad_norm"], \
+                (name, step, got[step]["grad_norm"], want[step]["grad_norm"])
+            if samples_per_step is not None:
+                samples = got[step]["samples_per_s"] * got[step]["step_time_s"]
+                assert abs(samples - samples_per_step) < 1e-6, (name, step, samples)
+    return results
 
 
 def test_bad_plans_fail_before_any_process_group(tmp_path):
@@ -170,3 +201,90 @@ def test_balanced_plan_needs_a_global_batch_of_whole_microbatches(tmp_path):
     with pytest.raises(LayoutError, match="does not split into dp 2 x 3 microbatches"):
         train_distributed(cfg, env=env)
     assert not dist.is_initialized()
+
+
+def test_context_parallel_plans_match_one_process(tmp_path):
+    """LLM CP 2 in four plans on 4 gloo processes, each against one process's 3 steps (the same
+    config: microbatching changes no figure): encoder stages feeding both CP ranks of the LLM,
+    which send back partial feature gradients (sparse K/V exchange, contiguous policy); 2 LLM
+    stages x CP 2 (each CP index its own pipeline, the tied embedding summed per CP index);
+    DP 2 x CP 2 (FSDP over replicas x CP ranks; killed after step 2 and resumed from its DCP
+    checkpoint); and TP 2 x CP 2. The loss is summed over the CP ranks' shares, samples counted
+    once per replica."""
+    no_checkpoints = ("--checkpoint.every=0",)  # saves only cost time where nothing resumes
+    jobs = [("encoder_stages", W.encoder_stages_llm_cp_plan(),
+             ("--parallel.cp_exchange=sparse", "--parallel.cp_policy=contiguous", *no_checkpoints), None),
+            ("llm_stages", W.llm_pp_cp_plan(), no_checkpoints, None),
+            ("dp_cp", W.dp_cp_plan(), (), 2),
+            ("tp_cp", W.llm_tp_cp_plan(), no_checkpoints, None)]
+    # one global batch per step, not one per CP rank
+    results = _run_plans_against_one_process(tmp_path, W.train_worker, jobs, samples_per_step=4)
+    for j in range(len(jobs)):  # every rank saw the same losses
+        assert all(r[j]["first"] == results[0][j]["first"] and r[j]["resumed"] == results[0][j]["resumed"]
+                   for r in results)
+
+
+def test_zero_bubble_plan_runs_the_simulators_lists(tmp_path):
+    """A zb plan is checked as zb (no 1F1B fallback) and every rank's action lists are the ones
+    `amylum simulate PLAN` replays; lists that do not fit the model's stages are refused."""
+    from amylum.planner.planfile import read_plan
+    from amylum.planner.schedule import StageGraph
+    from amylum.planner.simulate import simulate
+    from amylum.runtime.distributed.planning import resolve_plan
+    from amylum.runtime.distributed.stage_actions import stage_action_lists
+
+    path = W.write_test_plan(tmp_path / "plan.json", W.modality_parallel_zb_plan())
+    cfg = W.small_config(tmp_path / "run", f"--parallel.plan={path}", "--training.batch_size=4")
+    checked = resolve_plan(cfg, 4, 4, "cpu")
+    assert checked.schedule == "zb" and not checked.notes
+    every = {s: True for s in checked.layout.stage_ranks}
+    graph = StageGraph(inputs=checked.layout.stage_inputs, has_bwd=every, has_w=every)
+    assert stage_action_lists(graph, 4, "zb", checked) == simulate(*read_plan(path)).schedule
+    frozen_vision = StageGraph(inputs=graph.inputs, has_bwd={**every, 0: False}, has_w={**every, 0: False})
+    with pytest.raises(ValueError, match="stage 0: its zero-bubble list does other work"):
+        stage_action_lists(frozen_vision, 4, "zb", checked)
+
+
+def test_zero_bubble_plans_split_w_under_fsdp_and_match_one_process(tmp_path):
+    """zb plans run with W split from B, each stage under FSDP, against one process's 3 steps:
+    DP 2 x PP 2 (the last stage defers W; FSDP over 2 replicas reduces once after the step's last
+    W; killed after step 2 and resumed from its DCP checkpoint) and modality-parallel encoder
+    stages + 2 LLM stages at dp 1 (FSDP over one-rank meshes; both LLM stages split, the first
+    sending its input gradient upstream before its W). Encoder stages, first stages of the
+    pipeline, run W right behind B: fused."""
+    jobs = [("dp_pp", replace(W.dp_pp_plan(4), schedule="zb", split_w=True), (), 2),
+            ("modality_parallel", W.modality_parallel_zb_plan(), ("--checkpoint.every=0",), None)]
+    splitting = {"dp_pp": [2, 3], "modality_parallel": [2, 3]}  # the stages whose zb lists defer W
+    results = _run_plans_against_one_process(tmp_path, W.zero_bubble_train_worker, jobs)
+    for j, (name, *_) in enumerate(jobs):
+        # W really ran apart from its B, on the stages whose zb lists defer it, in every step
+        assert [r for r in range(4) if results[r][j]["split_w"]] == splitting[name], (name, [r[j] for r in results])
+        assert all(results[r][j]["split_w"] >= 3 and results[r][j]["held_reductions"] == 3 for r in splitting[name])
+
+
+def test_cp_plans_are_checked_before_any_process_group(tmp_path):
+    """A CP plan the trainer runs resolves to a layout with its CP degree; CP on an encoder stage
+    is rejected with its reason before launch; the CP settings are validated with the config."""
+    from amylum.config import ConfigError
+    from amylum.parallel.cp_exchange import EXCHANGES
+    from amylum.runtime.distributed.planning import resolve_plan
+
+    plan = W.write_test_plan(tmp_path / "cp.json", W.encoder_stages_llm_cp_plan())
+    checked = resolve_plan(W.small_config(tmp_path / "a", f"--parallel.plan={plan}", "--training.batch_size=4"), 4, 4, "cpu")
+    assert checked.layout.cp(2) == 2 and checked.layout.cp_group(1) == (0, 1)
+    vision, audio, llm = W.encoder_stages_llm_cp_plan().stages
+    cp_vision = replace(W.encoder_stages_llm_cp_plan(), world_size=5, stages=(
+        replace(vision, cp=2, ranks=((2, 4),)), audio, llm))
+    plan = W.write_test_plan(tmp_path / "cp_vision.json", cp_vision, ClusterSpec.of(5, "CPU", 5))
+    cfg = W.small_config(tmp_path / "b", f"--parallel.plan={plan}", "--training.batch_size=4")
+    with pytest.raises(LayoutError, match="stage 0: cp 2 on an encoder stage"):
+        train_distributed(cfg, env=LaunchEnv(rank=0, world_size=5, local_rank=0, local_world_size=5))
+    assert not dist.is_initialized()
+    with pytest.raises(ConfigError, match="parallel.cp_exchange = 'ring'"):
+        W.small_config(tmp_path / "c", "--parallel.cp_exchange=ring")
+    with pytest.raises(ConfigError, match="parallel.cp_policy"):
+        W.small_config(tmp_path / "c", "--parallel.cp_policy=random")
+    for exchange in EXCHANGES:  # the config spells them out, to stay torch-free: both lists agree
+        W.small_config(tmp_path / "d", f"--parallel.cp_exchange={exchange}")
+    cfg = W.small_config(tmp_path / "d")
+    assert cfg.parallel.cp_policy == "balanced" and cfg.parallel.cp_exchange == "allgather"

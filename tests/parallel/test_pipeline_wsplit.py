@@ -134,6 +134,71 @@ def test_custom_function_output_node_survives_until_w():
         assert torch.allclose(p.grad, q.grad, atol=1e-6), n
 
 
+class _CountBackward(torch.autograd.Function):
+    """Identity whose backward appends to ``calls``: counts how often autograd runs through it."""
+
+    @staticmethod
+    def forward(ctx, x, calls):
+        ctx.calls = calls
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.calls.append(1)
+        return grad, None
+
+
+class _TiedStage(nn.Module):
+    """A parameter used at two depths of the input path, as the tied embedding of an LLM stage
+    that embeds received features and computes the loss: ``tied`` is added to the input (the
+    lookup's join node) and scales the top (the head's join: a custom function like the fused loss,
+    or a built-in multiply). ``calls`` counts backward runs through the layers in between."""
+
+    def __init__(self, custom: bool) -> None:
+        super().__init__()
+        self.custom, self.calls = custom, []
+        self.fc = nn.Linear(6, 6)
+        self.tied = nn.Parameter(torch.randn(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _CountBackward.apply(self.fc(torch.tanh(x + self.tied)), self.calls)
+        top = _Scale.apply(h, self.tied) if self.custom else h * self.tied
+        return top.square().sum()
+
+
+@pytest.mark.parametrize("custom", [True, False], ids=["custom_function_head", "builtin_head"])
+def test_parameter_joining_the_input_path_twice_splits_exactly(custom):
+    """Such a parameter's W failed with "Trying to backward through the graph a second time":
+    torch's W ran autograd from the upper join through the layers below it, freeing the graph of
+    the other parameters' W. W must start below the upper join and run nothing on the input path."""
+    torch.manual_seed(6)
+    stage = _TiedStage(custom)
+    ref = copy.deepcopy(stage)
+    x = torch.randn(3, 6)
+    ref_x = x.clone().requires_grad_(True)
+    ref(ref_x).backward()
+
+    x.requires_grad_(True)
+    weights = list(stage.parameters())
+    kept = backward_input(stage(x), None, [x], weights)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-6)
+    assert all(p.grad is None for p in weights), "B must leave parameter gradients to W"
+    assert len(stage.calls) == 1
+    backward_weight(kept, weights)
+    assert len(stage.calls) == 1, "W ran the input path's backward again"
+    for (n, p), q in zip(stage.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), n
+
+
+def test_single_llm_stage_after_encoder_stages_splits_exactly():
+    """Modality parallel with one LLM stage, whose tied embedding joins its input path at the
+    lookup and at the fused loss: that stage's executor on its zero-bubble list (W deferred), in
+    one process with the encoder features made beforehand, against a fused backward."""
+    diffs = wsplit_workers.single_llm_stage_split()
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] < wsplit_workers.TOL, f"{worst}: {diffs[worst]}"
+
+
 def test_only_deferred_w_splits_the_backward():
     from amylum.parallel.pipeline.executor import _split_microbatches
 

@@ -10,9 +10,10 @@ list sends it: frozen-aware pruning happens in the plan, and the executor follow
 ``split_w``), ``B`` computes only the gradient of the stage's received inputs, which is what the
 SEND after it carries upstream, and ``W`` later fills the parameter gradients from what ``B``
 kept (``split_backward.py``). Where it has none (a stage with nothing trainable, a fused last
-stage, 1F1B without split), ``B`` computes both. Stages under FSDP always fuse: FSDP reduces a
-parameter's gradient when its backward reaches it, which a deferred W would bypass; their ``W``
-runs nothing.
+stage, 1F1B without split), ``B`` computes both. A stage under FSDP2 that splits keeps its
+parameters unsharded for the step and reduces its gradients once, after its last ``W``
+(``fsdp_split.py``): FSDP's own reduction runs when the backward reaches a module's inputs, which
+in a split backward is before any weight gradient exists.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 
 from amylum.data.batch import MultimodalBatch
+from .fsdp_split import fsdp_roots, hold_reduction, keep_unsharded, reduce_held
 from .split_backward import DeferredWeightGrad, backward_input, backward_weight
 
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -62,7 +63,7 @@ class PipelineExecutor:
     ):
         """Peers come from ``stage_ranks`` (one rank per stage) or from a ``RuntimeLayout``
         (``amylum.parallel.layout``) and this ``rank``, which also covers TP groups of
-        different widths on the two ends of a pipeline edge."""
+        different widths on the two ends of a pipeline edge and CP stages."""
         self.stage, self.module, self.actions = stage, module, actions
         self.tied_group = tied_group
         self.device = torch.device(device)
@@ -79,12 +80,18 @@ class PipelineExecutor:
                 raise ValueError(f"action {a} names stage {a.peer}, which has no rank")
         # Inputs need autograd only when a gradient is sent back for them.
         self._grad_peers = {(a.mb, a.peer) for a in actions if a.op == "SEND" and a.data == "grad"}
-        self._split_mbs = _split_microbatches(actions) if not _under_fsdp(module) else set()
+        self._split_mbs = _split_microbatches(actions)
+        # FSDP2 trees of a stage that splits: their reductions wait for the step's last W.
+        self._fsdp_roots = fsdp_roots(module) if self._split_mbs else []
+        if self._fsdp_roots:
+            keep_unsharded(self._fsdp_roots)
 
-    def _src(self, peer: int, data: str) -> int:
+    def _srcs(self, peer: int, data: str) -> tuple[int, ...]:
         if self.layout is None:
-            return self.stage_ranks[peer]
-        return self.layout.recv_from(self.rank, peer, data)
+            return (self.stage_ranks[peer],)
+        # Several only for the gradient of an encoder stage that feeds a CP stage: each CP rank
+        # sends the gradient of its own tokens' loss, and the sum is the feature gradient.
+        return self.layout.recv_sources(self.rank, peer, data)
 
     def _dsts(self, peer: int, data: str) -> tuple[int, ...]:
         if self.layout is None:
@@ -93,13 +100,15 @@ class PipelineExecutor:
 
     # -- point to point ------------------------------------------------------------------
     def _recv(self, peer: int, data: str) -> torch.Tensor:
-        src = self._src(peer, data)
-        h = torch.empty(_HEADER, dtype=torch.int64)
-        dist.recv(h, src)
-        dtype, ndim = _DTYPES[int(h[0])], int(h[1])
-        buf = torch.empty([int(x) for x in h[2 : 2 + ndim]], dtype=dtype, device=self.device)
-        dist.recv(buf, src)
-        return buf
+        total = None
+        for src in self._srcs(peer, data):
+            h = torch.empty(_HEADER, dtype=torch.int64)
+            dist.recv(h, src)
+            dtype, ndim = _DTYPES[int(h[0])], int(h[1])
+            buf = torch.empty([int(x) for x in h[2 : 2 + ndim]], dtype=dtype, device=self.device)
+            dist.recv(buf, src)
+            total = buf if total is None else total + buf
+        return total
 
     # -- one step -------------------------------------------------------------------------
     def step(self, microbatches: list[MultimodalBatch], num_items_in_batch=None) -> torch.Tensor | None:
@@ -110,7 +119,8 @@ class PipelineExecutor:
         pending: list = []
         keep_alive: list[torch.Tensor] = []  # tensors of in-flight sends
         deferred: dict[int, DeferredWeightGrad] = {}  # B done, W pending
-        weights = [p for p in self.module.parameters() if p.requires_grad]
+        if self._fsdp_roots:
+            hold_reduction(self._fsdp_roots)
         loss_total = None
         for a in self.actions:
             if a.op == "RECV":
@@ -138,21 +148,28 @@ class PipelineExecutor:
                 for dst in self._dsts(a.peer, a.data):
                     pending += [dist.isend(_header(t), dst), dist.isend(t, dst)]
             elif a.op == "B":
-                kept = self._backward_input(a.mb, outputs.pop(a.mb), grads.pop(a.mb, None), inputs, weights)
+                kept = self._backward_input(a.mb, outputs.pop(a.mb), grads.pop(a.mb, None), inputs, self._weights())
                 if kept is not None:
                     deferred[a.mb] = kept
             elif a.op == "W":
                 if a.mb in deferred:  # absent: B found nothing to differentiate, or B was fused
-                    backward_weight(deferred.pop(a.mb), weights)
+                    backward_weight(deferred.pop(a.mb), self._weights())
             else:
                 raise ValueError(f"unknown action {a}")
         for work in pending:
             work.wait()
         if deferred:
             raise RuntimeError(f"stage {self.stage}: microbatches {sorted(deferred)} ran B but never W")
+        if self._fsdp_roots:
+            reduce_held(self._fsdp_roots)  # before the tied sum, which adds reduced gradients
         if self.tied_group is not None:
             self._sync_tied()
         return loss_total
+
+    def _weights(self) -> list[torch.Tensor]:
+        """The trainable parameters as the graph holds them: read at each B and W, because FSDP
+        swaps a module's sharded parameters for unsharded ones when it gathers them."""
+        return [p for p in self.module.parameters() if p.requires_grad]
 
     def _backward_input(self, mb, out, grad, inputs, weights) -> DeferredWeightGrad | None:
         """Run ``B`` for ``mb``: the input gradients, plus the weight gradients unless a ``W``
@@ -200,8 +217,3 @@ def _split_microbatches(actions: list) -> set[int]:
             if not (previous.op == "B" and previous.mb == a.mb):
                 split.add(a.mb)
     return split
-
-
-def _under_fsdp(module: nn.Module) -> bool:
-    """Whether FSDP2 shards any part of ``module`` (its gradients are reduced in its backward)."""
-    return any(isinstance(m, FSDPModule) for m in module.modules())

@@ -54,8 +54,10 @@ def load_profile(checked: CheckedPlan, model: nn.Module, features: Features, tab
     plan = checked.plan
     if len(plan.stages) < 2:
         return None
-    # The profile is shaped for the action lists the executor runs: B and W together.
-    runs = replace(plan, schedule=checked.schedule, split_w=False)
+    # The profile is shaped for the action lists the executor runs, B and W together; a zb plan's
+    # on its 1F1B lists (profiles are defined for 1F1B and GPipe): the same forwards and backwards
+    # in the same microbatch order, with W moved into waits, so the same fill and drain.
+    runs = replace(plan, schedule="gpipe" if checked.schedule == "gpipe" else "1f1b", split_w=False)
     spec = mean_sample_spec(model, features, plan, checked.model_spec)
     return profile_from_plan(runs, spec, checked.cluster, plan.num_microbatches, (*table.modalities, "llm"))
 

@@ -25,7 +25,7 @@ class CheckedPlan:
     plan: object  # amylum.planner.plan.Plan
     layout: RuntimeLayout
     source: str  # the plan file, or "planner"
-    schedule: str  # what the executor runs: "1f1b" or "gpipe"
+    schedule: str  # what the executor runs: "1f1b", "gpipe" or "zb" (W split; stage_actions.py)
     model_spec: object  # the plan's ModelSpec and ClusterSpec (written beside the run as plan.json)
     cluster: object
     notes: tuple[str, ...] = ()
@@ -61,8 +61,8 @@ def ask_planner(cfg: Config, world_size: int, gpus_per_node: int, device_type: s
 
     spec = model_spec_from_module(_meta_model(cfg), text_tokens=cfg.data.max_length, name=cfg.model.preset)
     cluster = ClusterSpec.of(world_size, _cluster_gpu(device_type), gpus_per_node)
-    # The executor runs B and W together, so plan for that (no zero-bubble W split).
-    result = search(spec, cluster, global_batch(cfg), SearchOptions(zero_bubble=False))
+    # Zero-bubble plans may win: the executor runs their lists with W split from B (stage_actions.py).
+    result = search(spec, cluster, global_batch(cfg), SearchOptions())
     return result.plan, spec, cluster
 
 
@@ -91,11 +91,7 @@ def check_plan(cfg: Config, plan, plan_model, cluster, world_size: int, source: 
         # other global batch would hold other samples than one process's step.
         errors.append(f"data.balance = {cfg.data.balance!r}: the global batch {want} does not split into dp {plan.dp} "
                       f"x {plan.num_microbatches} microbatches of equal mean size")
-    schedule = plan.schedule
-    if schedule == "zb":
-        # Same dependencies, B runs W's work too: the 1F1B order is a valid order for it.
-        schedule = "1f1b"
-        notes.append("plan schedule 'zb' runs as 1F1B: the executor does not split W from B yet")
+    schedule = plan.schedule  # "zb" runs the simulator's zero-bubble lists (stage_actions.py)
     model = _meta_model(cfg)
     n_layers = len(find_layer_list(model.llm.get_decoder()))
     try:

@@ -76,6 +76,7 @@ def _train(cfg: Config, env: LaunchEnv, device: torch.device, checked: CheckedPl
     from amylum.data.tokenizer import load_tokenizer
     from amylum.runtime.build import build_model, prepare_data
     from amylum.runtime.distributed.assembly import assemble_rank
+    from amylum.runtime.distributed.cp_shards import CPSettings
     from amylum.runtime.distributed.data import replica_loader
     from amylum.runtime.distributed.trainer import DistributedTrainer
     from amylum.runtime.provenance import code_commit, hardware
@@ -99,10 +100,14 @@ def _train(cfg: Config, env: LaunchEnv, device: torch.device, checked: CheckedPl
     # built from the whole model (balanced mode estimates work from every module), before the cut.
     loader = replica_loader(cfg, MultimodalDataset(paths.train, processor), model, checked,
                             replica=layout.role(env.rank).replica)
-    stage = assemble_rank(model, layout, env.rank, plan.num_microbatches, checked.schedule, device)
+    stage = assemble_rank(model, layout, env.rank, plan.num_microbatches, checked.schedule, device,
+                          cp=CPSettings.from_config(cfg), planned=checked)
+    cp = max(layout.cp(s) for s in layout.stage_ranks)
     log(f"amylum: {cfg.model.preset} on {env.world_size} processes ({device.type}), plan {checked.source}: "
         f"{plan.placement}, {len(layout.stage_ranks)} stages, dp {plan.dp}, {plan.num_microbatches} microbatches "
-        f"per replica, {checked.schedule}, data.balance {cfg.data.balance}; {counts.get('trainable', 0):,} trainable parameters; run directory {cfg.job.run_dir}")
+        f"per replica, {checked.schedule}, data.balance {cfg.data.balance}"
+        + (f", LLM cp {cp} ({cfg.parallel.cp_policy}, {cfg.parallel.cp_exchange} K/V)" if cp > 1 else "")
+        + f"; {counts.get('trainable', 0):,} trainable parameters; run directory {cfg.job.run_dir}")
     for note in checked.notes:
         log(f"note: {note}")
     trainer = DistributedTrainer(cfg, stage, loader, device=device, num_microbatches=plan.num_microbatches,
@@ -121,7 +126,7 @@ def _train(cfg: Config, env: LaunchEnv, device: torch.device, checked: CheckedPl
         "hardware": hardware(device, trainer.energy.backend), "energy": result.energy,
         "plan": {"source": checked.source, "placement": plan.placement, "dp": plan.dp,
                  "stages": len(layout.stage_ranks), "num_microbatches": plan.num_microbatches,
-                 "schedule": checked.schedule, "balance": cfg.data.balance},
+                 "schedule": checked.schedule, "balance": cfg.data.balance, "cp": cp},
         "losses": {str(k): v for k, v in sorted(result.losses.items())},
     }
     if result.losses:

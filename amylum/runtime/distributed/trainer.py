@@ -12,10 +12,13 @@ changes is one optimizer step:
    them in that order;
 2. the loss is normalised by the global target-token count (summed over replicas), so every
    token weighs what it weighs on one process and FSDP's summed gradients are exact;
-3. the executor runs the stage's action list; the loss lives on each replica's last stage;
+3. the executor runs the stage's action list; the loss lives on each replica's last stage. On a
+   CP stage each microbatch travels with this rank's shard of it (``cp_shards.py``), and each CP
+   rank's loss covers its tokens only (still over the global target count);
 4. the gradient is clipped by the norm of the whole model's gradient, over all ranks;
-5. loss, tokens, samples and items are summed over replicas, so every rank (rank 0 logs) has
-   the step's figures.
+5. loss, tokens, samples and items are summed over replicas (the loss over CP ranks too, each
+   holding a share; the counts once per replica), so every rank (rank 0 logs) has the step's
+   figures.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.distributed as dist
 
 from amylum.config import Config
 from amylum.data.batch import IGNORE_INDEX, MultimodalBatch
+from amylum.parallel.cp_stage import CPMicrobatch
 from amylum.runtime.distributed.assembly import RankStage
 from amylum.runtime.distributed.gradients import clip_global_grad_norm_
 from amylum.runtime.trainer import StatefulLoader, Trainer
@@ -88,9 +92,12 @@ class DistributedTrainer(Trainer):
     def _metrics_writer(self) -> Any:
         return super()._metrics_writer() if self.rank == 0 else _DroppedMetrics()
 
-    def _sum_over_replicas(self, values: list[float]) -> list[float]:
-        """Sum per-replica figures: only each replica's reporter rank contributes."""
+    def _sum_over_replicas(self, values: list[float], loss: float | None = None) -> list[float]:
+        """Sum per-replica figures: only each replica's reporter rank contributes ``values``; with
+        ``loss``, the first figure is the loss, to which every CP rank of the last stage adds its share."""
         t = torch.tensor(values if self.stage.reporter else [0.0] * len(values), dtype=torch.float64)
+        if loss is not None:
+            t = torch.cat([torch.tensor([loss if self.stage.loss_reporter else 0.0], dtype=torch.float64), t])
         if self.device.type == "cuda":
             t = t.to(self.device)
         dist.all_reduce(t)
@@ -113,11 +120,15 @@ class DistributedTrainer(Trainer):
         (total_targets,) = self._sum_over_replicas([float(sum(_targets(b) for b in micro))])
         counts = [float(sum(b.num_tokens for b in micro)), float(sum(b.num_samples for b in micro))]
         counts += [float(sum(b.num_items(m) for b in micro)) for m in self.modalities]
+        # A CP stage's shards are cut on the host, from the batch as the loader made it.
+        shards = [self.stage.sharder.shard(b).to(self.device) for b in micro] if self.stage.sharder else None
         micro = [b.to(self.device, non_blocking=True) for b in micro]
+        if shards is not None:
+            micro = [CPMicrobatch(b, shard) for b, shard in zip(micro, shards)]
         with self._autocast():
             loss = self.stage.executor.step(micro, num_items_in_batch=max(1, int(total_targets)))
         local_loss = float(loss) if loss is not None else 0.0
-        figures = self._sum_over_replicas([local_loss] + counts)
+        figures = self._sum_over_replicas(counts, loss=local_loss)
         items = {m: int(n) for m, n in zip(self.modalities, figures[3:])}
         self._drop_unseen_branches(items)
         max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")

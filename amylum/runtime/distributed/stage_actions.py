@@ -1,0 +1,57 @@
+"""Which action list each pipeline stage runs: the plan's schedule, the same on every rank.
+
+1F1B and GPipe lists follow from the stage graph alone (``build_schedule``). A zero-bubble plan
+(``schedule = "zb"``) has no such closed form: its order comes from a list scheduler that runs
+the cost model's F, B and W durations under per-stage memory caps (``planner/zerobubble.py``).
+The lists run here are the ones the simulator replays for the plan (``SimResult.schedule``, what
+``amylum simulate PLAN`` shows), so what runs is what was simulated, with W deferred where the
+simulator defers it (the executor then splits B and W for those microbatches). Every rank
+derives them from the same plan, model description and cluster with plain arithmetic: the
+lists are identical everywhere without any communication.
+
+The zero-bubble lists are ordered on the plan's own model description, whose frozen flags could
+differ from the config's model (a plan made for another freezing scenario). The lists are
+therefore checked against the runtime stage graph: the same F, B and messages per stage as the
+1F1B lists of that graph, in another order. Otherwise every rank stops with the same error before
+its first step (a mismatch would leave a RECV without its SEND: a hang).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from amylum.parallel.layout import LayoutError
+from amylum.planner.schedule import Action, StageGraph, build_schedule
+
+
+def stage_action_lists(graph: StageGraph, num_microbatches: int, schedule: str,
+                       planned=None) -> dict[int, list[Action]]:
+    """Every stage's action list for ``schedule`` ("1f1b", "gpipe" or "zb") on ``graph``, the
+    runtime stage graph. ``zb`` needs ``planned``, the run's CheckedPlan: its plan, ModelSpec and
+    ClusterSpec (those written to the run's plan.json) give the durations the order is found on."""
+    if schedule != "zb":
+        return build_schedule(graph, num_microbatches, schedule)
+    if planned is None:
+        raise ValueError("a zero-bubble schedule needs the plan with its model and cluster description")
+    if planned.plan.num_microbatches != num_microbatches:
+        raise ValueError(f"the plan has {planned.plan.num_microbatches} microbatches, the run {num_microbatches}")
+    from amylum.planner.simulate import simulate
+
+    lists = simulate(planned.plan, planned.model_spec, planned.cluster).schedule
+    errors = _mismatches(lists, build_schedule(graph, num_microbatches, "1f1b"))
+    if errors:
+        raise LayoutError("the plan's zero-bubble action lists do not fit the model's stages (was the plan made for "
+                         "another freezing scenario?):\n  - " + "\n  - ".join(errors))
+    return lists
+
+
+def _work(actions: list[Action]) -> Counter:
+    """What a list does, in any order; W left out (it only says when the weight gradient runs)."""
+    return Counter((a.op, a.mb, a.peer, a.data) for a in actions if a.op != "W")
+
+
+def _mismatches(lists: dict[int, list[Action]], reference: dict[int, list[Action]]) -> list[str]:
+    if sorted(lists) != sorted(reference):
+        return [f"the lists have stages {sorted(lists)}, the model's layout {sorted(reference)}"]
+    return [f"stage {s}: its zero-bubble list does other work or messages than its stage graph needs"
+            for s in sorted(reference) if _work(lists[s]) != _work(reference[s])]
