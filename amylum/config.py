@@ -158,6 +158,12 @@ class ParallelConfig:
         default="allgather")
     cp_block: int = _help("CP token block in tokens (a kernel tile); a short microbatch shrinks it so every "
                           "CP rank gets a block.", default=128)
+    cp_overlap: bool = _help(
+        "CP attention attends to each rank's own keys while the K/V exchange is in flight, then to the received "
+        "keys, merged exactly by log-sum-exp (the received keys' dK/dV return during the own part's backward). "
+        "Off by default: tested exact on CPU (gloo, dense attention); the GPU path (two FlexAttention calls "
+        "with a differentiable LSE) is neither tested nor timed yet.",
+        default=False)
 
 
 @dataclass

@@ -75,13 +75,17 @@ def _expand_kv(query: torch.Tensor, key: torch.Tensor) -> bool:
     return programs < EXPAND_KV_BELOW_PROGRAMS_PER_SM * torch.cuda.get_device_properties(query.device).multi_processor_count
 
 
-def _flex_call(query, key, value, block_mask, scale, enable_gqa, kernel_options):
-    from torch.nn.attention.flex_attention import flex_attention
+def _flex_call(query, key, value, block_mask, scale, enable_gqa, kernel_options, return_lse=False):
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     if enable_gqa and _expand_kv(query, key):
         group = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
         enable_gqa = False
+    if return_lse:  # the LSE is differentiable (its gradient enters the backward kernel's row sums)
+        out, aux = flex_attention(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
+                                  kernel_options=kernel_options, return_aux=AuxRequest(lse=True))
+        return out, aux.lse
     return flex_attention(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
                           kernel_options=kernel_options)
 
@@ -119,8 +123,9 @@ class FlexKernels:
 _FLEX_KERNELS = FlexKernels()  # one per process: compiled code is what makes the second step fast
 
 
-def run_flex(query, key, value, block_mask, scaling=None, kernel_options=None) -> torch.Tensor:
-    """FlexAttention over (B, H, S, D) tensors; GQA handled by the kernel. Returns (B, H, S, D).
+def run_flex(query, key, value, block_mask, scaling=None, kernel_options=None, return_lse: bool = False):
+    """FlexAttention over (B, H, S, D) tensors; GQA handled by the kernel. Returns (B, H, S, D),
+    and with ``return_lse`` also the (B, H, S) log-sum-exp of the scaled scores (natural log).
 
     On CUDA the kernel is compiled (static per sequence length for the first
     ``STATIC_FLEX_LENGTHS`` lengths, dynamic after), or traced into the caller's graph when
@@ -129,9 +134,9 @@ def run_flex(query, key, value, block_mask, scaling=None, kernel_options=None) -
     gqa = query.shape[1] != key.shape[1]
     if not query.is_cuda or torch.compiler.is_compiling():
         # CPU: eager. Inside a compiled block: the block's own compilation fuses the kernel.
-        return _flex_call(query, key, value, block_mask, scaling, gqa, kernel_options)
+        return _flex_call(query, key, value, block_mask, scaling, gqa, kernel_options, return_lse)
     fn = _FLEX_KERNELS.get(query.shape[2], key.shape[2])
-    return fn(query, key, value, block_mask, scaling, gqa, kernel_options)
+    return fn(query, key, value, block_mask, scaling, gqa, kernel_options, return_lse)
 
 
 def flex_attention_fn(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):

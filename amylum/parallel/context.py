@@ -55,6 +55,7 @@ class CPShard:
     num_targets: int  # over the whole microbatch (all ranks)
     block_size: int
     kv_plan: SparseKVPlan | None = None  # the mask-aware K/V exchange's sends/receives; None: all-gather
+    overlap: bool = False  # attend to own keys while the K/V exchange is in flight (cp_overlap)
 
     @property
     def num_local(self) -> int:
@@ -64,16 +65,18 @@ class CPShard:
         move = lambda t: t.to(device)  # noqa: E731
         return CPShard(self.rank, self.counts, move(self.index), move(self.order), move(self.lo), move(self.hi),
                        move(self.position_ids), self.target_index.to(device), self.num_targets, self.block_size,
-                       self.kv_plan.to(device) if self.kv_plan is not None else None)
+                       self.kv_plan.to(device) if self.kv_plan is not None else None, self.overlap)
 
 
 def shard_batch(batch: MultimodalBatch, assignment: CPAssignment, rank: int, *, mode: str = "multimodal",
-                exchange: str = "allgather", kv_block: int | None = None) -> CPShard:
+                exchange: str = "allgather", kv_block: int | None = None, overlap: bool = False) -> CPShard:
     """Rank ``rank``'s part of ``batch`` under ``assignment`` (computed on the host, no collectives).
 
     ``exchange``: ``"allgather"`` (every rank gets all K/V) or ``"sparse"`` (only the key
     blocks of ``kv_block`` positions, default the assignment's block size, that hold a key its
     queries may see; the sends and receives are planned here, for every layer of the step).
+    ``overlap``: each layer attends to the rank's own keys while the exchange is in flight, then
+    to the received ones, merged exactly by log-sum-exp (``cp_overlap``).
     """
     if exchange not in EXCHANGES:
         raise ValueError(f"unknown CP K/V exchange {exchange!r}; expected one of {EXCHANGES}")
@@ -103,6 +106,7 @@ def shard_batch(batch: MultimodalBatch, assignment: CPAssignment, rank: int, *, 
         position_ids=batch.position_ids.cpu().reshape(-1)[t(idx)][None], target_index=target_index,
         num_targets=int(targets.size), block_size=assignment.block_size,
         kv_plan=sparse_kv_plan(assignment, lo, hi, rank, kv_block) if exchange == "sparse" else None,
+        overlap=overlap,
     )
 
 
@@ -130,7 +134,8 @@ def cp_attention_inputs(shard: CPShard, group=None, *, backend: str = "reference
     exchange = kv_exchange(shard, group)
     if traffic is not None:
         exchange.traffic = traffic
-    attn = CPAttention(exchange, backend=backend, block_size=shard.block_size, num_ranks=len(shard.counts))
+    attn = CPAttention(exchange, backend=backend, block_size=shard.block_size, num_ranks=len(shard.counts),
+                       overlap=shard.overlap)
     return {"attention_mask": None, CP_KWARG: attn}
 
 

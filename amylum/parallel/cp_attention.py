@@ -11,6 +11,10 @@ How K/V reach a rank is the exchange's job (``cp_exchange``): all-gather of the 
 sequence, or a mask-aware exchange of only the key blocks the rank's queries may see. Either
 returns the keys in global order and the queries' key intervals in those keys' coordinates,
 so the mask is built the same way for both.
+
+With ``overlap=True`` the exchange runs while the queries attend to the rank's own keys, and
+the received keys' part is merged by log-sum-exp (``cp_overlap``); exact, and the received
+keys' dK/dV return while the own part's backward runs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch.distributed as dist
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from amylum.attention.backends import MASK_KWARG, decomposed_attention_fn, flex_attention_fn, reference_attention, run_flex
+
+from .cp_overlap import OverlapMasks, overlapped_attention
 
 CP_KWARG = "amylum_cp"
 CP_IMPLEMENTATION = "amylum_cp"
@@ -74,19 +80,23 @@ class CPAttention:
 
     ``exchange``: an ``AllGatherKV`` or ``SparseKV`` (``cp_exchange``), which also carries the
     local queries' key intervals (``lo``/``hi``) in the coordinates of the keys it returns.
+    ``overlap``: attend to the own keys while the exchange is in flight (``cp_overlap``).
     """
 
-    def __init__(self, exchange, *, backend: str = "reference", block_size: int = 128, num_ranks: int) -> None:
+    def __init__(self, exchange, *, backend: str = "reference", block_size: int = 128, num_ranks: int,
+                 overlap: bool = False) -> None:
         if backend not in CP_BACKENDS:
             raise ValueError(f"unknown CP attention backend {backend!r}; expected one of {CP_BACKENDS}")
-        self.exchange, self.backend = exchange, backend
+        self.exchange, self.backend, self.overlap = exchange, backend, overlap
         self.n_queries = int(exchange.lo.shape[0])
         size = dist.get_world_size(exchange.group) if dist.is_initialized() else 1
         if num_ranks != size:
             raise ValueError(f"CP shard is for {num_ranks} ranks but the process group has {size}")
         # The mask for this rank's queries, built once per microbatch and shared by all layers.
         lo, hi, kv_len = exchange.lo, exchange.hi, exchange.kv_len
-        if backend == "reference":
+        if overlap:  # one mask per part: own keys, received keys
+            self.mask = OverlapMasks(exchange, backend, block_size)
+        elif backend == "reference":
             keys = torch.arange(kv_len, device=lo.device)
             self.mask = ((keys >= lo[:, None]) & (keys <= hi[:, None]))[None, None]
         else:
@@ -102,7 +112,11 @@ class CPAttention:
             raise ValueError("amylum's CP attention does not support attention dropout")
         d = key.shape[-1]
         # One exchange for K and V together (the same token set travels).
-        kv = self.exchange(torch.cat([key, value], dim=-1))
+        kv = torch.cat([key, value], dim=-1)
+        if self.overlap:
+            out = overlapped_attention(self.exchange, self.mask, query, kv, d, scaling)
+            return out.transpose(1, 2).contiguous(), None
+        kv = self.exchange(kv)
         k_keys, v_keys = kv[..., :d], kv[..., d:]
         if self.backend == "reference":
             return sdpa_attention_forward(module, query, k_keys, v_keys, self.mask, dropout=0.0, scaling=scaling)

@@ -19,6 +19,11 @@ interval (``searchsorted``), and the dense or block-sparse mask is built from it
 
 Each exchange counts what it moved (:class:`KVTraffic`, per microbatch, travelling with it),
 from the tensors it actually received and returned, per layer call.
+
+Both run in two halves, each an autograd node: ``start`` posts the communication (async) and
+hands back this rank's own K/V at once, ``wait`` returns the received K/V once they are in.
+``exchange(kv)`` runs both back to back; ``cp_overlap`` attends to the own keys in between,
+and the backward's dK/dV return likewise overlaps the own keys' attention backward.
 """
 
 from __future__ import annotations
@@ -48,11 +53,11 @@ class KVTraffic:
     held_tokens: list[int] = field(default_factory=list)
     held_bytes: list[int] = field(default_factory=list)
 
-    def record(self, received_tokens: int, received_bytes: int, keys: torch.Tensor) -> None:
+    def record(self, received_tokens: int, received_bytes: int, held_tokens: int, token_bytes: int) -> None:
         self.received_tokens.append(int(received_tokens))
         self.received_bytes.append(int(received_bytes))
-        self.held_tokens.append(int(keys.shape[2]))
-        self.held_bytes.append(keys.numel() * keys.element_size())
+        self.held_tokens.append(int(held_tokens))
+        self.held_bytes.append(int(held_tokens) * int(token_bytes))
 
 
 def _peer(group, rank: int) -> int:
@@ -60,60 +65,171 @@ def _peer(group, rank: int) -> int:
     return rank if group is None else dist.get_global_rank(group, rank)
 
 
-# ---- all-gather ----------------------------------------------------------------------------
+# ---- the exchange in two halves (shared by both exchanges) ----------------------------------
 
-class _AllGatherFn(torch.autograd.Function):
-    """All ranks' equal-sized parts stacked (cp, ...); backward: each rank's summed gradient slice.
+class _Pending:
+    """One layer call's exchange in flight: the handles and buffers its two autograd nodes share."""
 
-    Not ``torch.distributed.nn.functional.all_gather``: on gloo its backward (all-to-all by
-    scatters) addresses group ranks as global ranks and fails in a subgroup that does not
-    contain rank 0 (a CP group of a (dp, cp) mesh), and it is deprecated. Gloo has no
-    reduce-scatter, so there the backward all-reduces the stacked gradient and keeps its slice.
+    def __init__(self) -> None:
+        self.works: list = []  # forward communication
+        self.keep: list = []  # tensors the communication reads or writes until it completes
+        self.grad_works: list = []  # backward communication
+        self.grad_result = None  # what the backward communication delivers (exchange-specific)
+        self.grad_posted = False
+
+
+def _wait_all(works) -> None:
+    for w in works:
+        w.wait()
+
+
+class _StartFn(torch.autograd.Function):
+    """Forward: post the exchange (async). Backward: wait for the peers' dK/dV and add them.
+
+    Returns this rank's K/V (an alias, so the exchange's backward always runs: it is a
+    collective every rank must join, even one whose received keys end up unused) and the
+    receive buffers, which :class:`_WaitFn` reads once they are filled. The backward
+    communication was started by ``_WaitFn.backward``; the dK/dV it carries reach this node
+    through ``pending``, not as gradients (their shapes are the *sent* tokens', not the received).
     """
 
     @staticmethod
-    def forward(ctx, x, group):
-        size = dist.get_world_size(group)
-        parts = [torch.empty_like(x) for _ in range(size)]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        ctx.group = group
-        return torch.stack(parts)
+    def forward(ctx, kv, exchange, pending):
+        buffers = exchange._post(kv, pending)
+        ctx.exchange, ctx.pending = exchange, pending
+        ctx.set_materialize_grads(False)
+        return (kv.view_as(kv), *buffers)
 
     @staticmethod
-    def backward(ctx, grad):
-        group = ctx.group
-        grad = grad.contiguous()
-        if dist.get_backend(group) == "gloo":
-            dist.all_reduce(grad, group=group)
-            return grad[dist.get_rank(group)].clone(), None
-        out = torch.empty_like(grad[0])
-        dist.reduce_scatter_tensor(out, grad, group=group)
-        return out, None
+    def backward(ctx, d_own, *_received):
+        d_kv = ctx.exchange._finish_grad(ctx.pending, d_own)
+        return d_kv, None, None
 
 
-class AllGatherKV:
-    """All ranks' K/V, in global order; ``lo``/``hi`` are global flat positions."""
+class _WaitFn(torch.autograd.Function):
+    """Forward: wait until the received K/V are in. Backward: start returning their dK/dV (async).
+
+    Created after whatever ran while the exchange was in flight, so autograd (which runs the
+    ready node created last first) runs this backward before that work's backward, which
+    then overlaps the backward communication; :class:`_StartFn`'s backward waits for it.
+    """
+
+    @staticmethod
+    def forward(ctx, exchange, pending, *buffers):
+        _wait_all(pending.works)
+        ctx.exchange, ctx.pending = exchange, pending
+        return tuple(b.view_as(b) for b in buffers)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.exchange._post_grad(ctx.pending, list(grads))
+        return (None, None) + (None,) * len(grads)
+
+
+class _KVExchange:
+    """Both exchanges: ``start`` (post) → ``wait`` (received K/V) → ``keys`` (all, global order).
+
+    ``exchange(kv)`` does all three at once. For overlap, ``start`` returns this rank's own K/V
+    at once, and ``remote`` orders the received ones; ``is_own`` tells which of ``keys`` are
+    this rank's (in global order, as ``lo``/``hi`` index them).
+    """
+
+    group = None
+    traffic: KVTraffic
+
+    def __call__(self, kv: torch.Tensor) -> torch.Tensor:
+        own, pending, buffers = self.start(kv)
+        return self.keys(own, self.wait(pending, buffers))
+
+    def start(self, kv: torch.Tensor):
+        """Post the exchange of ``kv`` (1, H, n_local, E): (own K/V, pending, receive buffers)."""
+        pending = _Pending()
+        own, *buffers = _StartFn.apply(self._prepare(kv), self, pending)
+        return own[:, :, : self.n_own], pending, buffers
+
+    def wait(self, pending: _Pending, buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The received K/V (autograd-aware), once they are in; records the traffic."""
+        received = list(_WaitFn.apply(self, pending, *buffers)) if buffers else []
+        if not buffers:
+            _wait_all(pending.works)
+        kv = pending.keep[0]  # this rank's K/V as posted
+        wire = sum(b.numel() * b.element_size() for b in received)
+        self.traffic.record(self.kv_len - self.n_own, wire, self.kv_len, kv.numel() // kv.shape[2] * kv.element_size())
+        return received
+
+    # each exchange: _prepare, _post (forward posts), _post_grad (backward posts, from the received
+    # keys' gradients), _finish_grad (waits, adds to the own gradient), keys, remote
+
+
+# ---- all-gather ----------------------------------------------------------------------------
+
+class AllGatherKV(_KVExchange):
+    """All ranks' K/V, in global order; ``lo``/``hi`` are global flat positions.
+
+    Collectives need equal sizes, so each rank's part is padded to the largest token count.
+    Backward: each rank's dK/dV summed over the ranks that attended to it, a reduce-scatter
+    (NCCL); gloo has none, so there an all-reduce of the stacked gradient and its own slice.
+    Not ``torch.distributed.nn.functional.all_gather``: on gloo its backward (all-to-all by
+    scatters) addresses group ranks as global ranks and fails in a subgroup that does not
+    contain rank 0 (a CP group of a (dp, cp) mesh), and it is deprecated.
+    """
 
     def __init__(self, counts: tuple[int, ...], order: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, group=None):
         self.counts, self.order, self.lo, self.hi, self.group = tuple(counts), order, lo, hi, group
         self.kv_len = int(sum(self.counts))
         self.traffic = KVTraffic()
+        self.me = dist.get_rank(group) if dist.is_initialized() else 0
+        self.n_own = self.counts[self.me]
+        # the own tokens in the rank-major gathered order, and the others' once own is taken out
+        offset = sum(self.counts[: self.me])
+        self.is_own = (order >= offset) & (order < offset + self.n_own)
+        rest = order[~self.is_own]
+        self.remote_order = torch.where(rest >= offset + self.n_own, rest - self.n_own, rest)
 
-    def __call__(self, kv: torch.Tensor) -> torch.Tensor:
-        """(1, H, n_local, E) → (1, H, N, E) in global token order (autograd-aware).
+    def _prepare(self, kv):
+        pad = max(self.counts) - kv.shape[2]
+        return torch.nn.functional.pad(kv, (0, 0, 0, pad)) if pad else kv
 
-        Collectives need equal sizes, so each part is padded to the largest token count.
-        """
-        width = max(self.counts)
-        pad = width - kv.shape[2]
-        if pad:
-            kv = torch.nn.functional.pad(kv, (0, 0, 0, pad))
-        parts = _AllGatherFn.apply(kv, self.group).unbind(0)
-        full = torch.cat([p[:, :, :c] for p, c in zip(parts, self.counts)], dim=2)  # rank-major order
-        me = dist.get_rank(self.group)
-        wire = sum(p.numel() * p.element_size() for r, p in enumerate(parts) if r != me)
-        self.traffic.record(self.kv_len - self.counts[me], wire, full)
-        return full.index_select(2, self.order)
+    def _post(self, kv, pending):
+        parts = [torch.empty_like(kv) for _ in self.counts]
+        kv = kv.contiguous()
+        pending.works.append(dist.all_gather(parts, kv, group=self.group, async_op=True))
+        pending.keep = [kv] + parts
+        return [p for r, p in enumerate(parts) if r != self.me]
+
+    def _post_grad(self, pending, grads):
+        stacked = pending.keep[0].new_zeros((len(self.counts),) + pending.keep[0].shape)  # own slot: 0
+        others = [r for r in range(len(self.counts)) if r != self.me]
+        for r, g in zip(others, grads):
+            if g is not None:
+                stacked[r] = g
+        if dist.get_backend(self.group) == "gloo":
+            pending.grad_works.append(dist.all_reduce(stacked, group=self.group, async_op=True))
+            pending.grad_result = (stacked, self.me)
+        else:
+            out = torch.empty_like(stacked[0])
+            pending.grad_works.append(dist.reduce_scatter_tensor(out, stacked, group=self.group, async_op=True))
+            pending.grad_result = (out, None)
+        pending.grad_posted = True
+
+    def _finish_grad(self, pending, d_own):
+        if not pending.grad_posted:  # no gradient reached the received keys: still join the collective
+            self._post_grad(pending, [None] * (len(self.counts) - 1))
+        _wait_all(pending.grad_works)
+        got, mine = pending.grad_result
+        got = got if mine is None else got[mine]
+        return got if d_own is None else d_own + got
+
+    def keys(self, own, received):
+        """Every rank's keys, in global order."""
+        it = iter(received)
+        parts = [own if r == self.me else next(it)[:, :, :c] for r, c in enumerate(self.counts)]
+        return torch.cat(parts, dim=2).index_select(2, self.order)
+
+    def remote(self, received):
+        """The other ranks' keys, in global order."""
+        others = [c for r, c in enumerate(self.counts) if r != self.me]
+        return torch.cat([b[:, :, :c] for b, c in zip(received, others)], dim=2).index_select(2, self.remote_order)
 
 
 # ---- sparse ----------------------------------------------------------------------------------
@@ -181,11 +297,13 @@ def sparse_kv_plan(assignment: CPAssignment, lo: np.ndarray, hi: np.ndarray, ran
                         t(key_lo), t(key_hi))
 
 
-def _exchange(parts: list[torch.Tensor], recv_shapes: list[tuple | None], group) -> list[torch.Tensor | None]:
-    """Send ``parts[p]`` to peer p and receive a tensor of ``recv_shapes[p]`` from it (None: nothing).
+def _post_p2p(parts: list[torch.Tensor | None], recv_shapes: list[tuple | None], group, pending: _Pending,
+              works: list) -> list[torch.Tensor | None]:
+    """Post sends of ``parts[p]`` to peer p and receives of ``recv_shapes[p]`` from it (None: nothing).
 
     Both sides know the sizes from the host plan, so empty pairs post no operation. All sends
-    and receives are posted at once (``batch_isend_irecv``), so the order cannot deadlock.
+    and receives are posted at once (``batch_isend_irecv``), so the order cannot deadlock; the
+    handles go to ``works`` and the tensors stay alive in ``pending`` until they complete.
     """
     me = dist.get_rank(group)
     ops, out = [], [None] * len(recv_shapes)
@@ -195,61 +313,72 @@ def _exchange(parts: list[torch.Tensor], recv_shapes: list[tuple | None], group)
         if parts[p] is not None and parts[p].shape[2] > 0:
             ops.append(dist.P2POp(dist.isend, parts[p].contiguous(), _peer(group, p), group))
         if shape is not None:
-            out[p] = parts[me].new_empty(shape) if parts[me] is not None else None
+            out[p] = parts[me].new_empty(shape)
             ops.append(dist.P2POp(dist.irecv, out[p], _peer(group, p), group))
     if ops:
-        for req in dist.batch_isend_irecv(ops):
-            req.wait()
+        works.extend(dist.batch_isend_irecv(ops))
+        pending.keep.extend(op.tensor for op in ops)
     return out
 
 
-class _SparseExchangeFn(torch.autograd.Function):
-    """Forward: own K/V + what the peers send, in global order. Backward: dK/dV back to owners."""
+class SparseKV(_KVExchange):
+    """Only the key blocks this rank's queries may see (plus its own); see :class:`SparseKVPlan`.
 
-    @staticmethod
-    def forward(ctx, kv, plan: SparseKVPlan, group, traffic: KVTraffic):
-        me = dist.get_rank(group)
-        B, H, _, E = kv.shape
-        sends = [kv.index_select(2, idx) if idx.numel() else None for idx in plan.send_index]
-        sends[me] = kv  # carries the dtype/device for the receive buffers; never sent
-        shapes = [(B, H, c, E) if c and p != me else None for p, c in enumerate(plan.recv_counts)]
-        got = _exchange(sends, shapes, group)
-        received = [g for g in got if g is not None]
-        keys = torch.cat([kv] + received, dim=2).index_select(2, plan.key_order)
-        traffic.record(sum(g.shape[2] for g in received), sum(g.numel() * g.element_size() for g in received), keys)
-        ctx.plan, ctx.group, ctx.n_local = plan, group, kv.shape[2]
-        return keys
-
-    @staticmethod
-    def backward(ctx, grad):
-        plan, group = ctx.plan, ctx.group
-        me = dist.get_rank(group)
-        stacked = torch.zeros_like(grad).index_copy(2, plan.key_order, grad)  # undo the global-order permutation
-        own, offset = stacked[:, :, : ctx.n_local], ctx.n_local
-        back: list = [None] * len(plan.recv_counts)
-        for p, c in enumerate(plan.recv_counts):
-            if c and p != me:
-                back[p] = stacked[:, :, offset : offset + c]
-                offset += c
-        back[me] = own
-        B, H, _, E = grad.shape
-        shapes = [(B, H, idx.numel(), E) if idx.numel() and p != me else None for p, idx in enumerate(plan.send_index)]
-        returned = _exchange(back, shapes, group)
-        d_kv = own.clone()
-        for p, g in enumerate(returned):
-            if g is not None:
-                d_kv.index_add_(2, plan.send_index[p], g)  # the peers' dK/dV for the tokens we sent them
-        return d_kv, None, None, None
-
-
-class SparseKV:
-    """Only the key blocks this rank's queries may see (plus its own); see :class:`SparseKVPlan`."""
+    Backward: the received tokens' dK/dV go back to their owners by the same pattern, reversed,
+    and are added to the owners' own.
+    """
 
     def __init__(self, plan: SparseKVPlan, group=None):
         self.plan, self.group = plan, group
         self.lo, self.hi = plan.lo, plan.hi
         self.kv_len = int(plan.key_positions.numel())
         self.traffic = KVTraffic()
+        self.me = dist.get_rank(group) if dist.is_initialized() else 0
+        self.n_own = self.kv_len - sum(c for p, c in enumerate(plan.recv_counts) if p != self.me)
+        # key_order indexes cat(own, from peer 0, from peer 1, …): its first n_own are own
+        self.is_own = plan.key_order < self.n_own
+        self.remote_order = plan.key_order[~self.is_own] - self.n_own
 
-    def __call__(self, kv: torch.Tensor) -> torch.Tensor:
-        return _SparseExchangeFn.apply(kv, self.plan, self.group, self.traffic)
+    def _prepare(self, kv):
+        return kv
+
+    def _post(self, kv, pending):
+        B, H, _, E = kv.shape
+        pending.keep.append(kv)
+        sends = [kv.index_select(2, idx) if idx.numel() else None for idx in self.plan.send_index]
+        sends[self.me] = kv  # carries the dtype/device for the receive buffers; never sent
+        shapes = [(B, H, c, E) if c and p != self.me else None for p, c in enumerate(self.plan.recv_counts)]
+        return [g for g in _post_p2p(sends, shapes, self.group, pending, pending.works) if g is not None]
+
+    def _post_grad(self, pending, grads):
+        kv = pending.keep[0]
+        B, H, _, E = kv.shape
+        back: list = [None] * len(self.plan.recv_counts)
+        it = iter(grads)
+        for p, c in enumerate(self.plan.recv_counts):
+            if c and p != self.me:
+                g = next(it)
+                back[p] = g if g is not None else kv.new_zeros(B, H, c, E)
+        back[self.me] = kv
+        shapes = [(B, H, idx.numel(), E) if idx.numel() and p != self.me else None
+                  for p, idx in enumerate(self.plan.send_index)]
+        pending.grad_result = _post_p2p(back, shapes, self.group, pending, pending.grad_works)
+        pending.grad_posted = True
+
+    def _finish_grad(self, pending, d_own):
+        if not pending.grad_posted:  # received nothing (or no gradient reached it): still return ours
+            self._post_grad(pending, [None] * sum(1 for p, c in enumerate(self.plan.recv_counts) if c and p != self.me))
+        _wait_all(pending.grad_works)
+        d_kv = d_own.clone() if d_own is not None else torch.zeros_like(pending.keep[0])
+        for p, g in enumerate(pending.grad_result):
+            if g is not None:
+                d_kv.index_add_(2, self.plan.send_index[p], g)  # the peers' dK/dV for the tokens we sent them
+        return d_kv
+
+    def keys(self, own, received):
+        """Own + received keys, in global order."""
+        return torch.cat([own] + received, dim=2).index_select(2, self.plan.key_order)
+
+    def remote(self, received):
+        """The received keys, in global order."""
+        return torch.cat(received, dim=2).index_select(2, self.remote_order)

@@ -209,14 +209,14 @@ def test_context_parallel_plans_match_one_process(tmp_path):
     which send back partial feature gradients (sparse K/V exchange, contiguous policy); 2 LLM
     stages x CP 2 (each CP index its own pipeline, the tied embedding summed per CP index);
     DP 2 x CP 2 (FSDP over replicas x CP ranks; killed after step 2 and resumed from its DCP
-    checkpoint); and TP 2 x CP 2. The loss is summed over the CP ranks' shares, samples counted
-    once per replica."""
+    checkpoint); and TP 2 x CP 2 (the K/V exchange overlapped with the own keys' attention). The
+    loss is summed over the CP ranks' shares, samples counted once per replica."""
     no_checkpoints = ("--checkpoint.every=0",)  # saves only cost time where nothing resumes
     jobs = [("encoder_stages", W.encoder_stages_llm_cp_plan(),
              ("--parallel.cp_exchange=sparse", "--parallel.cp_policy=contiguous", *no_checkpoints), None),
             ("llm_stages", W.llm_pp_cp_plan(), no_checkpoints, None),
             ("dp_cp", W.dp_cp_plan(), (), 2),
-            ("tp_cp", W.llm_tp_cp_plan(), no_checkpoints, None)]
+            ("tp_cp", W.llm_tp_cp_plan(), ("--parallel.cp_overlap=true", *no_checkpoints), None)]
     # one global batch per step, not one per CP rank
     results = _run_plans_against_one_process(tmp_path, W.train_worker, jobs, samples_per_step=4)
     for j in range(len(jobs)):  # every rank saw the same losses
@@ -288,3 +288,4 @@ def test_cp_plans_are_checked_before_any_process_group(tmp_path):
         W.small_config(tmp_path / "d", f"--parallel.cp_exchange={exchange}")
     cfg = W.small_config(tmp_path / "d")
     assert cfg.parallel.cp_policy == "balanced" and cfg.parallel.cp_exchange == "allgather"
+    assert cfg.parallel.cp_overlap is False

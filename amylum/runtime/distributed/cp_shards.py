@@ -22,16 +22,17 @@ from amylum.planner.cp_balance import CPWorkModel, plan_cp
 
 @dataclass(frozen=True)
 class CPSettings:
-    """How CP stages split a microbatch (``[parallel]`` cp_policy, cp_exchange, cp_block)."""
+    """How CP stages split a microbatch (``[parallel]`` cp_policy, cp_exchange, cp_block, cp_overlap)."""
 
     policy: str = "balanced"
     exchange: str = "allgather"
     block_size: int = 128
+    overlap: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "CPSettings":
         p = cfg.parallel
-        return cls(p.cp_policy, p.cp_exchange, p.cp_block)
+        return cls(p.cp_policy, p.cp_exchange, p.cp_block, p.cp_overlap)
 
 
 def llm_work_model(model: nn.Module) -> CPWorkModel:
@@ -64,4 +65,4 @@ class CPSharder:
         s = self.settings
         assignment = plan_cp(mask_spec(batch, self.mask_mode), cp=self.cp, policy=s.policy, block_size=s.block_size,
                              model=self.work)
-        return shard_batch(batch, assignment, self.index, mode=self.mask_mode, exchange=s.exchange)
+        return shard_batch(batch, assignment, self.index, mode=self.mask_mode, exchange=s.exchange, overlap=s.overlap)
