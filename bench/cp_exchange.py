@@ -25,7 +25,6 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -116,9 +115,9 @@ def _worker(rank, cp, port, sizes, seed, width, queue):
 
 
 def run(cp, sizes, seed, width):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from amylum.runtime.distributed.launch import free_local_port
+
+    port = free_local_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(r, cp, port, sizes, seed, width, queue)) for r in range(cp)]

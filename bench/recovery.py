@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,14 +32,9 @@ from pathlib import Path
 from amylum.resilience.events import read_events
 from amylum.resilience.launch import spare_path
 from amylum.resilience.local import LocalCluster, write_tiny_run
+from amylum.runtime.distributed.launch import free_local_port as _port
 
 TIMEOUT = 300
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _events(run_dir: Path) -> list[dict]:

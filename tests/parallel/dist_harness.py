@@ -5,14 +5,9 @@ from __future__ import annotations
 import datetime
 import multiprocessing as mp
 import os
-import socket
 import traceback
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from amylum.runtime.distributed.launch import free_local_port as free_port
 
 
 def _entry(fn, rank, world_size, port, result_queue, args):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -10,13 +9,7 @@ from pathlib import Path
 
 from amylum.resilience.events import read_events
 from amylum.resilience.local import write_tiny_run
-
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from amylum.runtime.distributed.launch import free_local_port as free_port  # noqa: F401  (the tests' import)
 
 
 def write_config(root: Path, steps: int) -> Path:

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+def free_local_port() -> int:
+    """A TCP port free on this host now, for a single-host rendezvous (tests, local benchmarks).
+
+    The OS picks it; another process may take it before the rendezvous binds it, which on a
+    test machine is rare enough that a retry is not worth its complexity."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
