@@ -35,8 +35,13 @@ def _chain_options(model: ModelSpec, kind: str, tp: int, llm_pp: int) -> tuple[s
     return None if opts is None else ("modality_parallel", opts)
 
 
+# the option grid every baseline chooses from (planner/bounds.py covers it too)
+BASELINE_TP = (1, 2, 4, 8)
+BASELINE_MB = (1, 2)
+
+
 def baseline_plan(model: ModelSpec, cluster: ClusterSpec, global_batch: int, kind: str,
-                  tp_choices=(1, 2, 4, 8), mb_choices=(1, 2), colocated_pp=(1, 2, 4, 8)):
+                  tp_choices=BASELINE_TP, mb_choices=BASELINE_MB, colocated_pp=(1, 2, 4, 8)):
     """The best plan the baseline's rule allows, and its simulation; None if nothing fits."""
     if kind not in BASELINES:
         raise ValueError(f"unknown baseline {kind!r}; choose from {BASELINES}")

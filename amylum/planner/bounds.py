@@ -54,13 +54,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .baselines import BASELINE_MB, BASELINE_TP
 from .cost import CostModel, grad_needs
 from .search import SearchOptions
 from .spec import ClusterSpec, LayerSpec, ModelSpec
-
-# the baselines' grids (baselines.baseline_plan's defaults), merged with the search's below
-_BASELINE_TP = (1, 2, 4, 8)
-_BASELINE_MB = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -75,9 +72,9 @@ class LowerBound:
 
 def _default_grid(cluster: ClusterSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     so = SearchOptions()
-    tps = tuple(sorted({t for t in (*so.tp_choices, *_BASELINE_TP) if t <= cluster.gpus_per_node}))
+    tps = tuple(sorted({t for t in (*so.tp_choices, *BASELINE_TP) if t <= cluster.gpus_per_node}))
     cps = tuple(sorted({1, *so.cp_choices}))
-    mbs = tuple(sorted({*so.mb_choices, *_BASELINE_MB}))
+    mbs = tuple(sorted({*so.mb_choices, *BASELINE_MB}))
     return tps, cps, mbs
 
 
