@@ -1,6 +1,8 @@
 """Where does amylum's single-GPU step spend its time? Variants of bench/gpu_step.py's amylum row + a profile.
 
     python bench/gpu_profile.py            # H100: variant timings, then the top CUDA kernels of the default path
+    python bench/gpu_profile.py --no-profile   # variant timings only
+    python bench/gpu_profile.py --only=default --only=chunk   # the variants whose names contain these
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from gpu_step import PRESETS, Shape, build, make_batch  # noqa: E402
 from amylum.parallel.blocks import compile_blocks  # noqa: E402
 
 
-def setup(backend="fast", compile_=True, chunk=2048, compile_kwargs=None):
+def setup(backend="fast", compile_=True, chunk=2048, compile_kwargs=None, compile_opt=False):
     preset, rows, prompt, text, images, audio_s, train_llm = PRESETS["vlm"]
     model = build(preset, "cuda", torch.bfloat16, backend, "multimodal", train_llm, 0)
     model.validate_inputs = False
     model.loss_chunk_size = chunk
     if compile_:
         compile_blocks(model, **(compile_kwargs or {}))
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5, fused=True)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5, fused=not compile_opt)
+    opt_step = torch.compile(opt.step) if compile_opt else opt.step
     batch = make_batch(model, Shape(rows, prompt, text, images, audio_s), 32000, 0).to("cuda", non_blocking=True)
 
+    graphs = "reduce-overhead" in (compile_kwargs or {}).get("mode", "")
+
     def step():
+        if graphs:  # CUDA-graph trees: a new step may reuse the previous step's static buffers
+            torch.compiler.cudagraph_mark_step_begin()
         model(batch).loss.backward()
-        opt.step()
+        opt_step()
         opt.zero_grad(set_to_none=True)
 
     return model, step
@@ -51,21 +58,51 @@ def _no_kv_expansion():
     """The variant without the GQA K/V expansion (amylum.attention.backends)."""
     import amylum.attention.backends as backends
 
+    saved = backends.EXPAND_KV_BELOW_PROGRAMS_PER_SM
     backends.EXPAND_KV_BELOW_PROGRAMS_PER_SM = 0.0
+    return lambda: setattr(backends, "EXPAND_KV_BELOW_PROGRAMS_PER_SM", saved)
+
+
+def _flex_tiles(**options):
+    """A variant whose FlexAttention calls get these tile options (fwd_*/bwd_* kernel_options)."""
+    def before():
+        import amylum.attention.backends as backends
+
+        saved = backends.run_flex
+
+        def run_flex(*args, kernel_options=None, **kw):
+            return saved(*args, kernel_options={**options, **(kernel_options or {})}, **kw)
+
+        backends.run_flex = run_flex
+        return lambda: setattr(backends, "run_flex", saved)
+
+    return before
+
+
+FWD_64 = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3}
+BWD_32_64 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32,
+             "bwd_num_warps": 4, "bwd_num_stages": 3}
 
 
 def main():
+    # name: (setup keywords, a function that changes the library for the variant and returns its undo)
     variants = {
         "default (flex, compile, chunk 2048)": ({}, None),
         "no GQA K/V expansion": ({}, _no_kv_expansion),
+        "loss chunk 4096": ({"chunk": 4096}, None),
+        "loss chunk 8192": ({"chunk": 8192}, None),
+        "blocks as CUDA graphs (reduce-overhead)": ({"compile_kwargs": {"mode": "reduce-overhead"}}, None),
+        "compiled optimizer step": ({"compile_opt": True}, None),
+        "flex tiles fwd 64x64 w4 s3": ({}, _flex_tiles(**FWD_64)),
+        "flex tiles bwd 32/64/64/32 w4 s3": ({}, _flex_tiles(**BWD_32_64)),
     }
+    only = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--only=")]
     for name, (kw, before) in variants.items():
-        import amylum.attention.backends as backends
-
-        saved = backends.EXPAND_KV_BELOW_PROGRAMS_PER_SM
+        if only and not any(o in name for o in only):
+            continue
+        undo = None
         try:
-            if before:
-                before()
+            undo = before() if before else None
             torch.cuda.reset_peak_memory_stats()
             model, step = setup(**kw)
             ms = timed(step)
@@ -74,9 +111,12 @@ def main():
         except Exception as e:  # a variant that fails is reported, not fatal
             print(f"{name:<40} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
         finally:
-            backends.EXPAND_KV_BELOW_PROGRAMS_PER_SM = saved
+            if undo:
+                undo()
             torch._dynamo.reset()  # the next variant compiles its own blocks
         torch.cuda.empty_cache()
+    if "--no-profile" in sys.argv:
+        return
     model, step = setup()
     ms = timed(step, n=5)
     from torch.profiler import ProfilerActivity, profile
@@ -93,7 +133,7 @@ def main():
                      if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3 / steps
     # GPU busy vs step time: the gap is time the GPU waits for the host (launches, guards)
     print(f"\nstep {ms:.1f} ms; GPU kernel time {kernels_ms:.1f} ms/step ({kernels_ms / ms:.0%} busy)")
-    print(averages.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+    print(averages.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=90))
 
 
 if __name__ == "__main__":

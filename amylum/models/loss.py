@@ -7,6 +7,12 @@ need no logits at all), and the gradients of the hidden states and of the head's
 computed chunk by chunk inside the forward pass. The loss is a terminal scalar, so backward
 only rescales those stored gradients by the incoming grad: no logits are kept and none are
 recomputed.
+
+On a GPU the per-chunk softmax, loss and logit gradient are one compiled function: it reads
+the chunk's bf16 logits and writes their bf16 gradient, instead of the half-dozen fp32 passes
+(upcast, log-sum-exp, softmax, one-hot subtraction, scaling, downcast) that eager code makes
+over a (chunk × vocabulary) array. The head's weight gradient is accumulated in fp32 by the
+matmul itself (``out_dtype``) rather than by a bf16 product, an upcast and an add.
 """
 
 from __future__ import annotations
@@ -15,16 +21,42 @@ import torch
 from torch import nn
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float, softcap: float | None):
-    logits = h @ weight.t()
-    if bias is not None:
-        logits = logits + bias
-    logits = logits.float()
+def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor,
+                         scale: float, softcap: float | None, need_grad: bool):
+    """Σ CE of one chunk (fp32) and, with ``need_grad``, d(loss · grad_scale)/d(logits) in the logits' dtype.
+
+    d(lse - z_t)/dz = softmax(z) - onehot(t), chained through the softcap and the scale.
+    """
+    z = logits.float()
     if scale != 1.0:
-        logits = logits * scale
+        z = z * scale
     if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    return logits
+        z = softcap * torch.tanh(z / softcap)
+    lse = torch.logsumexp(z, dim=-1)
+    loss = (lse - z.gather(1, targets[:, None]).squeeze(1)).sum()
+    if not need_grad:
+        return loss, None
+    g = torch.exp(z - lse[:, None])
+    vocab = torch.arange(z.shape[1], device=z.device)
+    g = torch.where(vocab[None, :] == targets[:, None], g - 1.0, g)
+    if softcap is not None:
+        g = g * (1.0 - (z / softcap) ** 2)
+    return loss, (g * (grad_scale * scale)).to(logits.dtype)
+
+
+# Compiled code keyed by shapes only (dynamo's own cache); the eager function runs on CPU,
+# where compiling would need a C++ toolchain and buys nothing for tests.
+_chunk_loss_and_grad_compiled = torch.compile(_chunk_loss_and_grad, dynamic=None)
+
+
+def _accumulate_weight_grad(acc: torch.Tensor | None, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """acc + gᵀ h in fp32. On CUDA the matmul writes (or adds into) fp32 directly."""
+    if g.is_cuda and g.dtype != torch.float32:
+        if acc is None:
+            return torch.mm(g.t(), h, out_dtype=torch.float32)
+        return torch.addmm(acc, g.t(), h, out_dtype=torch.float32)
+    part = (g.t() @ h).float()
+    return part if acc is None else acc.add_(part)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -34,44 +66,43 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         ctx.bias_dtype = bias.dtype if bias is not None else None
         need_h, need_w = hidden.requires_grad, weight.requires_grad
         need_b = bias is not None and bias.requires_grad
-        grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        need_grad = need_h or need_w or need_b
+        chunk_fn = _chunk_loss_and_grad_compiled if hidden.is_cuda else _chunk_loss_and_grad
+        inv_denominator = 1.0 / denominator
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = grad_b = None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]
-            t = targets[start : start + chunk_size]
-            logits = _chunk_logits(h, weight, bias, scale, softcap)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if not (need_h or need_w or need_b):
+            logits = h @ weight.t()
+            if bias is not None:
+                logits = logits + bias
+            loss, g = chunk_fn(logits, targets[start : start + chunk_size], inv_denominator, scale, softcap, need_grad)
+            total += loss
+            if not need_grad:
                 continue
-            # d(lse - z_t)/dz = softmax(z) - onehot(t); chained through softcap and scale.
-            g = torch.softmax(logits, dim=-1)
-            g[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-            if softcap is not None:
-                g = g * (1.0 - (logits / softcap) ** 2)
-            if scale != 1.0:
-                g = g * scale
-            g = g / denominator
-            g_low = g.to(weight.dtype)
             if need_h:
-                grad_h[start : start + chunk_size] = g_low @ weight
+                torch.mm(g, weight, out=grad_h[start : start + chunk_size])
             if need_w:
-                grad_w += (g_low.t() @ h).float()
+                grad_w = _accumulate_weight_grad(grad_w, g, h)
             if need_b:
-                grad_b += g.sum(0)
+                part = g.sum(0, dtype=torch.float32)
+                grad_b = part if grad_b is None else grad_b.add_(part)
+        # Stored in the parameters' dtypes: backward only multiplies by the incoming scalar
+        # (1 for a plain loss), so the fp32 accumulators need not outlive the forward.
         ctx.save_for_backward(
-            grad_h if need_h else None, grad_w if need_w else None, grad_b if need_b else None
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
         )
-        return total / denominator
+        return total * inv_denominator
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         dh = grad_h * grad_output.to(grad_h.dtype) if grad_h is not None else None
-        dw = (grad_w * grad_output).to(ctx.weight_dtype) if grad_w is not None else None
-        db = (grad_b * grad_output).to(ctx.bias_dtype) if grad_b is not None else None
+        dw = grad_w * grad_output.to(grad_w.dtype) if grad_w is not None else None
+        db = grad_b * grad_output.to(grad_b.dtype) if grad_b is not None else None
         return dh, dw, db, None, None, None, None, None
 
 
