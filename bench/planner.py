@@ -8,7 +8,10 @@ its best plan without a W split, which is what an executor that runs B as the wh
 realises, and it is compared separately. `bound s` is a lower bound on the iteration time of
 any plan (amylum/planner/bounds.py: minimal compute over all layers and samples / GPUs, under
 the same cost model); `best/bnd` = best baseline time / bound is the largest speed-up any plan
-could have over the best baseline in that cell. Then it times planning on 1,024 GPUs.
+could have over the best baseline in that cell. `shape s` is the tighter bound of
+amylum/planner/bounds_memory.py for every plan shape the search and the baselines can produce
+(memory per stage, DP sync, padding, bottleneck, pipeline fill and drain); `best/shp` is the
+largest speed-up any such plan could have. Then it times planning on 1,024 GPUs.
 
     python bench/planner.py                     # full grid: 9 models x 3 scenarios x (16, 32, 64) H100s
     python bench/planner.py --models VLM-small --gpus 16 --scenarios projector_only
@@ -24,6 +27,7 @@ import time
 
 from amylum.planner.baselines import BASELINES, baseline_plan
 from amylum.planner.bounds import iteration_lower_bound
+from amylum.planner.bounds_memory import shape_lower_bound
 from amylum.planner.presets import GRID, preset_model
 from amylum.planner.search import search
 from amylum.planner.spec import FREEZING_SCENARIOS, ClusterSpec, freeze
@@ -31,7 +35,7 @@ from amylum.planner.spec import FREEZING_SCENARIOS, ClusterSpec, freeze
 SHORT = {"projector_only": "a:proj", "frozen_encoders": "b:llm+proj", "all_trainable": "c:all"}
 
 
-def cell(model, cluster, batch):
+def cell(model, cluster, batch, shape_kw=None):
     t0 = time.perf_counter()
     try:
         res = search(model, cluster, batch)
@@ -44,7 +48,9 @@ def cell(model, cluster, batch):
         b = baseline_plan(model, cluster, batch, kind)
         base[kind] = None if b is None else b[1].iteration_s
     bound = iteration_lower_bound(model, cluster, batch)
-    return ours, ours_1f1b, plan, secs, base, bound
+    t0 = time.perf_counter()
+    shape = shape_lower_bound(model, cluster, batch, **(shape_kw or {})).seconds
+    return ours, ours_1f1b, plan, secs, base, bound, shape, time.perf_counter() - t0
 
 
 def describe(plan) -> str:
@@ -65,21 +71,32 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", nargs="+", type=int, default=[16, 32, 64])
     ap.add_argument("--global-batch", type=int, default=96)
     ap.add_argument("--scale-gpus", type=int, default=1024, help="GPU count for the planning-time check (0: skip)")
+    ap.add_argument("--shape-inflight", choices=("1f1b", "one"), default="1f1b",
+                    help="shape bound's in-flight microbatches: 1F1B's counts, or one (valid for any schedule)")
+    ap.add_argument("--shape-wide", action="store_true",
+                    help="shape bound also over every stage count and every DP degree that fits the GPUs")
+    ap.add_argument("--shape-mb", type=int, nargs="+", help="shape bound's microbatch sizes (default: the planners')")
     args = ap.parse_args(argv)
+    shape_kw = {"inflight": args.shape_inflight, "wide": args.shape_wide,
+                "mb_choices": tuple(args.shape_mb) if args.shape_mb else None}
 
     hdr = (f"{'model':<12} {'freeze':<11} {'gpus':>4} {'amylum s':>9} {'1f1b':>7} {'megatron':>9} {'cornst.':>9} "
-           f"{'coloc.':>9} {'best/ours':>9} {'b/1f1b':>6} {'plan s':>6} {'bound s':>8} {'best/bnd':>8}  amylum plan")
+           f"{'coloc.':>9} {'best/ours':>9} {'b/1f1b':>6} {'plan s':>6} {'bound s':>8} {'best/bnd':>8} {'shape s':>8} "
+           f"{'best/shp':>8}  amylum plan")
     print(hdr)
     ratios, ratios_1f1b, worst, only_ours, none_fit, slower = [], [], {k: math.inf for k in BASELINES}, 0, 0, []
     slower_1f1b, plan_secs = [], []
     caps = []  # per compared cell: best baseline / bound, the largest speed-up any plan could reach
+    shape_caps, shape_gaps, shape_secs = [], [], []  # the same with the shape bound; amylum / it
     for name in args.models:
         base_model = preset_model(name)
         for sc in args.scenarios:
             model = freeze(base_model, sc)
             for g in args.gpus:
-                ours, ours_1f1b, plan, secs, base, bound = cell(model, ClusterSpec.of(g), args.global_batch)
+                ours, ours_1f1b, plan, secs, base, bound, shape, s_secs = cell(model, ClusterSpec.of(g),
+                                                                               args.global_batch, shape_kw)
                 plan_secs.append(secs)
+                shape_secs.append(s_secs)
                 fits = [v for v in base.values() if v is not None]
                 fmt = lambda v: f"{v:9.2f}" if v is not None else f"{'OOM':>9}"
                 r, r1 = "", f"{'':>6}"
@@ -89,6 +106,8 @@ def main(argv=None) -> int:
                     ratios_1f1b.append(best / ours_1f1b)
                     r, r1 = f"{best / ours:9.2f}", f"{best / ours_1f1b:6.2f}"
                     caps.append(best / bound)
+                    shape_caps.append(best / shape)
+                    shape_gaps.append(ours / shape)
                     slower_1f1b += [(name, sc, g, k) for k, v in base.items()
                                     if v is not None and v < ours_1f1b * (1 - 1e-9)]
                     for k, v in base.items():
@@ -107,8 +126,12 @@ def main(argv=None) -> int:
                     r = f"{'WE OOM':>9}"
                 f1 = f"{ours_1f1b:7.2f}" if ours_1f1b is not None else f"{'OOM':>7}"
                 cap = f"{min(fits) / bound:8.2f}" if fits else f"{'-':>8}"
+                # an infinite shape bound: no shape of the planners fits in memory at all
+                shp = f"{shape:8.2f}" if math.isfinite(shape) else f"{'no fit':>8}"
+                scap = f"{min(fits) / shape:8.2f}" if fits else f"{'-':>8}"
                 print(f"{name:<12} {SHORT[sc]:<11} {g:>4} {fmt(ours)} {f1} {fmt(base['megatron'])} "
-                      f"{fmt(base['cornstarch'])} {fmt(base['colocated'])} {r} {r1} {secs:6.2f} {bound:8.2f} {cap}  {describe(plan)}")
+                      f"{fmt(base['cornstarch'])} {fmt(base['colocated'])} {r} {r1} {secs:6.2f} {bound:8.2f} {cap} "
+                      f"{shp} {scap}  {describe(plan)}")
                 sys.stdout.flush()
     print()
     if ratios:
@@ -133,6 +156,14 @@ def main(argv=None) -> int:
               f"cells that could reach 1.3x at all: {reach} of {len(caps)}; amylum's mean now {statistics.mean(ratios):.3f}x")
         print(f"a 1.3x mean is {'provably out of reach' if statistics.mean(caps) < 1.3 else 'NOT ruled out'} "
               f"by this bound (the bound omits bubble, communication and DP sync, so real plans stay above it)")
+        reach = sum(c >= 1.3 for c in shape_caps)
+        mean_cap = statistics.mean(shape_caps)
+        print(f"shape bound (every plan shape of the search and the baselines; bounds_memory.py): best/shp mean "
+              f"{mean_cap:.3f}x, min {min(shape_caps):.3f}x, max {max(shape_caps):.3f}x; cells that could reach "
+              f"1.3x: {reach} of {len(shape_caps)}; amylum's plans are {statistics.mean(shape_gaps):.3f}x the bound "
+              f"on average (max {max(shape_gaps):.3f}x); {statistics.mean(shape_secs):.2f} s per cell to compute")
+        print(f"a 1.3x mean is {'RULED OUT' if mean_cap < 1.3 else 'NOT ruled out'} for every plan of those shapes "
+              f"(even a plan meeting the shape bound in every cell averages {mean_cap:.3f}x)")
     if args.scale_gpus:
         print()
         for name in ("VALM-large", "VLM-large"):

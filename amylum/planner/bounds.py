@@ -48,6 +48,11 @@ smaller share of the per-layer overhead; pass its size in ``mb_choices`` to cove
 
 Cost: one ``layer_times`` call per layer per option (a few thousand for the largest preset):
 milliseconds, so it runs per grid cell.
+
+A tighter bound, ``bounds_memory.shape_lower_bound``, charges most of what this one leaves out
+(memory per stage, which forces TP and checkpointing; DP sync; padding to dp × m × mb samples;
+the slowest stage; pipeline fill and drain) but covers only the plan shapes the search and the
+baselines produce (one TP per chain, their stage counts and DP rule). This one covers any plan.
 """
 
 from __future__ import annotations
