@@ -237,12 +237,30 @@ def test_zero_bubble_plan_runs_the_simulators_lists(tmp_path):
     cfg = W.small_config(tmp_path / "run", f"--parallel.plan={path}", "--training.batch_size=4")
     checked = resolve_plan(cfg, 4, 4, "cpu")
     assert checked.schedule == "zb" and not checked.notes
+    assert checked.zb_lists == simulate(*read_plan(path)).schedule  # checked before launch
     every = {s: True for s in checked.layout.stage_ranks}
     graph = StageGraph(inputs=checked.layout.stage_inputs, has_bwd=every, has_w=every)
     assert stage_action_lists(graph, 4, "zb", checked) == simulate(*read_plan(path)).schedule
     frozen_vision = StageGraph(inputs=graph.inputs, has_bwd={**every, 0: False}, has_w={**every, 0: False})
     with pytest.raises(ValueError, match="stage 0: its zero-bubble list does other work"):
         stage_action_lists(frozen_vision, 4, "zb", checked)
+
+
+def test_zero_bubble_plan_for_other_frozen_flags_is_refused_before_launch(tmp_path):
+    """A zb plan ordered for a frozen vision branch (no B on its stage) cannot run a config that
+    trains it: check_plan says so before any process group exists, instead of a RECV without SEND."""
+    from amylum.parallel.layout import LayoutError
+    from amylum.planner.commands import load_model
+    from amylum.planner.planfile import write_plan
+    from amylum.planner.spec import ClusterSpec
+    from amylum.runtime.distributed.planning import resolve_plan
+
+    spec = load_model("tiny-valm", None, None)
+    frozen_vision = spec.with_trainable({m: not m.startswith("vision") for m in spec.modules()})
+    path = write_plan(tmp_path / "plan.json", W.modality_parallel_zb_plan(), frozen_vision, ClusterSpec.of(4, "CPU", 4))
+    cfg = W.small_config(tmp_path / "run", f"--parallel.plan={path}", "--training.batch_size=4")
+    with pytest.raises(LayoutError, match="zero-bubble lists: stage 0: its zero-bubble list does other work"):
+        resolve_plan(cfg, 4, 4, "cpu")
 
 
 def test_zero_bubble_plans_split_w_under_fsdp_and_match_one_process(tmp_path):

@@ -22,9 +22,8 @@ from amylum.parallel.fsdp import apply_fsdp
 from amylum.parallel.layout import RankRole, RuntimeLayout
 from amylum.parallel.pipeline import LLM, PipelineExecutor, build_stage
 from amylum.parallel.tensor import apply_tp
-from amylum.planner.schedule import StageGraph
 from amylum.runtime.distributed.cp_shards import CPSettings, CPSharder, llm_work_model, mask_mode
-from amylum.runtime.distributed.stage_actions import stage_action_lists
+from amylum.runtime.distributed.stage_actions import runtime_stage_graph, stage_action_lists
 
 
 @dataclass
@@ -101,7 +100,7 @@ def assemble_rank(model: nn.Module, layout: RuntimeLayout, rank: int, num_microb
     groups = _make_groups(layout, tied)
     # Decided on the whole model, before the stage cut drops other stages' encoders: every rank
     # must derive the same action lists.
-    flags = {s: _stage_has_backward(layout, s, model) for s in layout.stage_ranks}
+    graph = runtime_stage_graph(layout, model)
     # A replica may get a microbatch without images while another replica of the same sharded
     # encoder gets some: idle encoders then still run, so FSDP's collectives stay in step.
     model.run_idle_encoders = replicas > 1
@@ -130,7 +129,6 @@ def assemble_rank(model: nn.Module, layout: RuntimeLayout, rank: int, num_microb
         # FSDP over the stage's replicas (a mesh of one rank when dp = 1: one code path, and the
         # parameters become DTensors that DCP saves and reshards).
         apply_fsdp(stage.model, mesh["dp"], root=stage)
-    graph = StageGraph(inputs=layout.stage_inputs, has_bwd=flags, has_w=flags)
     actions = stage_action_lists(graph, num_microbatches, schedule, planned)[role.stage]
     tied_here = tied and order[0] != order[-1] and (first_llm or last_llm)
     slot = layout.stage_ranks[role.stage][role.replica].index(rank)
@@ -141,10 +139,3 @@ def assemble_rank(model: nn.Module, layout: RuntimeLayout, rank: int, num_microb
                      loss_reporter=last_llm and role.tp_index == 0, sharder=sharder)
 
 
-def _stage_has_backward(layout: RuntimeLayout, stage: int, model: nn.Module) -> bool:
-    """Every stage runs backward except an encoder stage whose whole branch is frozen: it has no
-    weights to update and nothing upstream of it trains (frozen-aware schedules)."""
-    a = next(a for a in layout.assignments if a.stage == stage)
-    if a.component == LLM:
-        return True
-    return any(p.requires_grad for p in model.encoders[a.component].parameters())

@@ -18,6 +18,7 @@ import torch
 from amylum.config import Config
 from amylum.parallel.blocks import find_layer_list
 from amylum.parallel.layout import LayoutError, RuntimeLayout, layout_from_plan
+from amylum.runtime.distributed.stage_actions import runtime_stage_graph, zero_bubble_lists
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class CheckedPlan:
     model_spec: object  # the plan's ModelSpec and ClusterSpec (written beside the run as plan.json)
     cluster: object
     notes: tuple[str, ...] = ()
+    zb_lists: dict | None = None  # a zb plan's action lists, checked against the runtime stage graph
 
 
 def global_batch(cfg: Config) -> int:
@@ -107,10 +109,15 @@ def check_plan(cfg: Config, plan, plan_model, cluster, world_size: int, source: 
                 # Such a rank would have nothing to optimize or checkpoint.
                 errors.append(f"stage {a.stage} runs the {a.component!r} branch, which is entirely frozen; "
                               "colocate frozen branches with the first LLM stage (`amylum plan --placement colocated`)")
+    zb_lists = None
+    if schedule == "zb" and layout is not None and not errors:
+        # Before launch: lists made for other frozen flags would leave a RECV without its SEND.
+        zb_lists, mismatches = zero_bubble_lists(runtime_stage_graph(layout, model), plan, plan_model, cluster)
+        errors += [f"zero-bubble lists: {m} (was the plan made for another freezing scenario?)" for m in mismatches]
     if errors:
         raise LayoutError(f"plan {source} cannot run {cfg.model.preset} on {world_size} processes:\n  - "
                           + "\n  - ".join(errors))
-    return CheckedPlan(plan, layout, source, schedule, plan_model, cluster, tuple(notes))
+    return CheckedPlan(plan, layout, source, schedule, plan_model, cluster, tuple(notes), zb_lists)
 
 
 def _tied_errors(model, layout: RuntimeLayout) -> list[str]:

@@ -12,16 +12,44 @@ lists are identical everywhere without any communication.
 The zero-bubble lists are ordered on the plan's own model description, whose frozen flags could
 differ from the config's model (a plan made for another freezing scenario). The lists are
 therefore checked against the runtime stage graph: the same F, B and messages per stage as the
-1F1B lists of that graph, in another order. Otherwise every rank stops with the same error before
-its first step (a mismatch would leave a RECV without its SEND: a hang).
+1F1B lists of that graph, in another order. ``check_plan`` does this before any process group
+exists (the launch fails with the reason) and keeps the lists it checked; otherwise every rank
+stops with the same error before its first step (a mismatch would leave a RECV without its
+SEND: a hang).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from amylum.parallel.layout import LayoutError
+from torch import nn
+
+from amylum.parallel.layout import LayoutError, RuntimeLayout
+from amylum.parallel.pipeline import LLM
 from amylum.planner.schedule import Action, StageGraph, build_schedule
+
+
+def stage_has_backward(layout: RuntimeLayout, stage: int, model: nn.Module) -> bool:
+    """Every stage runs backward except an encoder stage whose whole branch is frozen: it has no
+    weights to update and nothing upstream of it trains (frozen-aware schedules)."""
+    a = next(a for a in layout.assignments if a.stage == stage)
+    if a.component == LLM:
+        return True
+    return any(p.requires_grad for p in model.encoders[a.component].parameters())
+
+
+def runtime_stage_graph(layout: RuntimeLayout, model: nn.Module) -> StageGraph:
+    """The stage graph the ranks run, decided on the whole model (every rank derives the same)."""
+    flags = {s: stage_has_backward(layout, s, model) for s in layout.stage_ranks}
+    return StageGraph(inputs=layout.stage_inputs, has_bwd=flags, has_w=flags)
+
+
+def zero_bubble_lists(graph: StageGraph, plan, model_spec, cluster) -> tuple[dict[int, list[Action]], list[str]]:
+    """The simulator's zero-bubble lists for ``plan`` and the reasons they do not fit ``graph`` (none: they do)."""
+    from amylum.planner.simulate import simulate
+
+    lists = simulate(plan, model_spec, cluster).schedule
+    return lists, _mismatches(lists, build_schedule(graph, plan.num_microbatches, "1f1b"))
 
 
 def stage_action_lists(graph: StageGraph, num_microbatches: int, schedule: str,
@@ -35,9 +63,11 @@ def stage_action_lists(graph: StageGraph, num_microbatches: int, schedule: str,
         raise ValueError("a zero-bubble schedule needs the plan with its model and cluster description")
     if planned.plan.num_microbatches != num_microbatches:
         raise ValueError(f"the plan has {planned.plan.num_microbatches} microbatches, the run {num_microbatches}")
-    from amylum.planner.simulate import simulate
+    lists = getattr(planned, "zb_lists", None)  # check_plan's, made from the same plan
+    if lists is None:
+        from amylum.planner.simulate import simulate
 
-    lists = simulate(planned.plan, planned.model_spec, planned.cluster).schedule
+        lists = simulate(planned.plan, planned.model_spec, planned.cluster).schedule
     errors = _mismatches(lists, build_schedule(graph, num_microbatches, "1f1b"))
     if errors:
         raise LayoutError("the plan's zero-bubble action lists do not fit the model's stages (was the plan made for "
