@@ -3,6 +3,7 @@
     python bench/gpu_profile.py            # H100: variant timings, then the top CUDA kernels of the default path
     python bench/gpu_profile.py --no-profile   # variant timings only
     python bench/gpu_profile.py --only=default --only=chunk   # the variants whose names contain these
+    python bench/gpu_profile.py --only=default --table-out=prof.txt   # also every kernel, and a chrome trace
 """
 
 from __future__ import annotations
@@ -79,6 +80,58 @@ def _flex_tiles(**options):
     return before
 
 
+def _device_mask():
+    """The variant that builds and validates the attention mask on the device (before session 4)."""
+    import amylum.attention.integration as integration
+
+    saved = integration._host_mask_spec
+    integration._host_mask_spec = lambda batch, mode: None
+    return lambda: setattr(integration, "_host_mask_spec", saved)
+
+
+def _kernel_time(prof, steps: int) -> tuple[float, float]:
+    """Kernel ms per step and the busy fraction of the span, from the trace's kernel records
+    (the profiler's per-event device times also count launch records and overlap)."""
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    total = sum(e["dur"] for e in kernels)
+    span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    return total / 1e3 / steps, total / span
+
+
+def sync_report(step) -> None:
+    """Run one step with CUDA's sync debug mode and print where the host waits for the device."""
+    import traceback
+    import warnings
+
+    seen: dict[str, int] = {}
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "/torch/" not in f.filename and "warnings" not in f.filename][-4:]
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+        seen[where] = seen.get(where, 0) + 1
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            step()
+            torch.cuda.set_sync_debug_mode("default")
+    finally:
+        warnings.showwarning = saved
+    print(f"\nhost-device syncs in one step: {sum(seen.values())}")
+    for where, n in seen.items():
+        print(f"  {n} × {where}")
+
+
 FWD_64 = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3}
 BWD_32_64 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32,
              "bwd_num_warps": 4, "bwd_num_stages": 3}
@@ -89,6 +142,7 @@ def main():
     variants = {
         "default (flex, compile, chunk 2048)": ({}, None),
         "no GQA K/V expansion": ({}, _no_kv_expansion),
+        "mask built on the device (syncs)": ({}, _device_mask),
         "loss chunk 4096": ({"chunk": 4096}, None),
         "loss chunk 8192": ({"chunk": 8192}, None),
         "blocks as CUDA graphs (reduce-overhead)": ({"compile_kwargs": {"mode": "reduce-overhead"}}, None),
@@ -119,6 +173,7 @@ def main():
         return
     model, step = setup()
     ms = timed(step, n=5)
+    sync_report(step)
     from torch.profiler import ProfilerActivity, profile
 
     steps = 3
@@ -127,13 +182,15 @@ def main():
             step()
         torch.cuda.synchronize()
     averages = prof.key_averages()
-    # device-side events only: the host-side launch records of compiled kernels carry the same
-    # device time and would count it twice
-    kernels_ms = sum(e.device_time for e in prof.events()
-                     if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3 / steps
-    # GPU busy vs step time: the gap is time the GPU waits for the host (launches, guards)
-    print(f"\nstep {ms:.1f} ms; GPU kernel time {kernels_ms:.1f} ms/step ({kernels_ms / ms:.0%} busy)")
+    kernels_ms, busy = _kernel_time(prof, steps)
+    # GPU busy over the profiled span: the rest is time the GPU waits for the host (launches, syncs)
+    print(f"\nstep {ms:.1f} ms; kernels {kernels_ms:.1f} ms/step; GPU busy {busy:.0%} of the profiled span "
+          "(the profiler slows the host, so the unprofiled step idles less)")
     print(averages.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=90))
+    out = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--table-out=")]
+    if out:  # every kernel, for a full breakdown
+        Path(out[0]).write_text(averages.table(sort_by="self_cuda_time_total", row_limit=-1, max_name_column_width=160))
+        prof.export_chrome_trace(str(Path(out[0]).with_suffix(".trace.json")))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ The mask is rebuilt from each batch: nothing about a batch is cached between cal
 
 from __future__ import annotations
 
-import torch
+import types
 
 from .backends import MASK_KWARG, decomposed_attention_fn, flex_attention_fn, reference_attention
 from .block_sparse import flex_block_mask
@@ -83,6 +83,18 @@ def setup_llm_attention(llm, backend: str = "reference") -> None:
         raise RuntimeError(f"{type(llm).__name__} kept attention implementation {got!r} instead of {name!r}")
 
 
+def _host_mask_spec(batch, mode: str):
+    """The mask built and validated on the host from the ids a device batch keeps there (its
+    ``BatchIndex``), then copied asynchronously: on the device, validation would read back several
+    values per step and the GPU would idle while the host prepares the next launches."""
+    index = getattr(batch, "index", None)
+    host = getattr(index, "host_sample_ids", None)
+    if host is None or batch.sample_ids.device.type == "cpu" or host.shape != batch.sample_ids.shape:
+        return None
+    ids = types.SimpleNamespace(sample_ids=host, segment_ids=index.host_segment_ids)
+    return mask_spec(ids, mode).to(batch.sample_ids.device, non_blocking=True)
+
+
 def attention_inputs(batch_or_tensors, *, mode: str = "multimodal", backend: str = "reference", **options) -> dict:
     """Keyword arguments for ``llm(inputs_embeds=..., position_ids=..., **kwargs)`` for one batch.
 
@@ -101,7 +113,9 @@ def attention_inputs(batch_or_tensors, *, mode: str = "multimodal", backend: str
         return {} if packed else {"attention_mask": (sample_ids >= 0).long()}
     if backend == "reference":
         return {"attention_mask": dense_mask(batch_or_tensors, mode)[:, None]}
-    spec = mask_spec(batch_or_tensors, mode)
+    spec = _host_mask_spec(batch_or_tensors, mode)
+    if spec is None:
+        spec = mask_spec(batch_or_tensors, mode)
     if backend == "flex":
         return {"attention_mask": flex_block_mask(spec, options.get("block_size", 128))}
     return {"attention_mask": None, MASK_KWARG: decomposed_mask(spec)}

@@ -53,8 +53,14 @@ class MaskSpec:
     def seq_len(self) -> int:
         return self.lo.shape[1]
 
-    def to(self, device: torch.device | str) -> "MaskSpec":
-        return MaskSpec(*(t.to(device) for t in (self.lo, self.hi, self.sample_ids, self.segment_ids)), self.mode)
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "MaskSpec":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            # From pinned host memory the copy is asynchronous: the host does not wait for the GPU.
+            if non_blocking and t.device.type == "cpu" and torch.device(device).type == "cuda":
+                t = t.pin_memory()
+            return t.to(device, non_blocking=non_blocking)
+
+        return MaskSpec(*(move(t) for t in (self.lo, self.hi, self.sample_ids, self.segment_ids)), self.mode)
 
     def allowed_count(self) -> torch.Tensor:
         """Allowed (query, key) pairs per row, padding excluded: the 'useful work' of a row."""

@@ -45,6 +45,10 @@ class BatchIndex:
     target_positions: torch.Tensor  # positions p whose next token carries a label
     target_labels: torch.Tensor  # labels[p + 1] for those positions
     modality_positions: dict[str, torch.Tensor]  # positions of kinds == i + 1, per modality name
+    # The (B, S) sample and segment ids, kept on the host when the batch moves: the attention
+    # mask is built (and validated) from them on the CPU, with no device-to-host reads.
+    host_sample_ids: torch.Tensor | None = None
+    host_segment_ids: torch.Tensor | None = None
 
     @classmethod
     def from_batch(cls, batch: "MultimodalBatch") -> "BatchIndex":
@@ -54,7 +58,8 @@ class BatchIndex:
         positions = {
             name: (batch.kinds.reshape(-1) == i + 1).nonzero().squeeze(1) for i, name in enumerate(batch.modalities)
         }
-        return cls(target_positions=rows * s + cols, target_labels=shifted[rows, cols], modality_positions=positions)
+        return cls(target_positions=rows * s + cols, target_labels=shifted[rows, cols], modality_positions=positions,
+                   host_sample_ids=batch.sample_ids, host_segment_ids=batch.segment_ids)
 
     def to(self, device, non_blocking: bool = False) -> "BatchIndex":
         move = lambda t: _move(t, device, non_blocking)  # noqa: E731
@@ -62,6 +67,8 @@ class BatchIndex:
             move(self.target_positions),
             move(self.target_labels),
             {k: move(v) for k, v in self.modality_positions.items()},
+            self.host_sample_ids,
+            self.host_segment_ids,
         )
 
 

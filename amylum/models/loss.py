@@ -21,11 +21,13 @@ import torch
 from torch import nn
 
 
-def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, grad_scale: torch.Tensor,
+def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor,
                          scale: float, softcap: float | None, need_grad: bool):
-    """Σ CE of one chunk (fp32) and, with ``need_grad``, d(loss · grad_scale)/d(logits) in the logits' dtype.
+    """Σ CE of one chunk (fp32) and, with ``need_grad``, d(Σ CE / denominator)/d(logits) in the logits' dtype.
 
-    d(lse - z_t)/dz = softmax(z) - onehot(t), chained through the softcap and the scale.
+    d(lse - z_t)/dz = softmax(z) - onehot(t), chained through the softcap and the scale. The
+    division (not a product with 1/denominator, as the unfused path divides) keeps the gradients
+    rounding-identical to it; a reciprocal's own rounding scales every gradient alike.
     """
     z = logits.float()
     if scale != 1.0:
@@ -36,12 +38,14 @@ def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, grad_scale
     loss = (lse - z.gather(1, targets[:, None]).squeeze(1)).sum()
     if not need_grad:
         return loss, None
-    g = torch.exp(z - lse[:, None])
+    # softmax, not exp(z - lse): normalising by the sum keeps each row's rounding relative to its
+    # entries, where exp(z - lse) scales a whole row by the rounding error of lse (large logits).
+    g = torch.softmax(z, dim=-1)
     vocab = torch.arange(z.shape[1], device=z.device)
     g = torch.where(vocab[None, :] == targets[:, None], g - 1.0, g)
     if softcap is not None:
         g = g * (1.0 - (z / softcap) ** 2)
-    return loss, (g * (grad_scale * scale)).to(logits.dtype)
+    return loss, (g * scale / denominator).to(logits.dtype)
 
 
 # Compiled code keyed by shapes only (dynamo's own cache); the eager function runs on CPU,
@@ -68,7 +72,6 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         need_b = bias is not None and bias.requires_grad
         need_grad = need_h or need_w or need_b
         chunk_fn = _chunk_loss_and_grad_compiled if hidden.is_cuda else _chunk_loss_and_grad
-        inv_denominator = 1.0 / denominator
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = grad_b = None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -77,7 +80,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             logits = h @ weight.t()
             if bias is not None:
                 logits = logits + bias
-            loss, g = chunk_fn(logits, targets[start : start + chunk_size], inv_denominator, scale, softcap, need_grad)
+            loss, g = chunk_fn(logits, targets[start : start + chunk_size], denominator, scale, softcap, need_grad)
             total += loss
             if not need_grad:
                 continue
@@ -95,7 +98,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grad_w.to(weight.dtype) if grad_w is not None else None,
             grad_b.to(bias.dtype) if grad_b is not None else None,
         )
-        return total * inv_denominator
+        return total / denominator
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -104,6 +107,17 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         dw = grad_w * grad_output.to(grad_w.dtype) if grad_w is not None else None
         db = grad_b * grad_output.to(grad_b.dtype) if grad_b is not None else None
         return dh, dw, db, None, None, None, None, None
+
+
+def _on_device(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float32 scalar on ``device``. A host number goes through pinned memory: a CUDA tensor made
+    straight from a Python number is a synchronous copy, and the host would wait for the GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32)
+    host = torch.tensor(float(value), dtype=torch.float32)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def fused_linear_cross_entropy(
@@ -124,7 +138,7 @@ def fused_linear_cross_entropy(
         raise ValueError(f"hidden must be (N, H) and targets (N,); got {tuple(hidden.shape)} and {tuple(targets.shape)}")
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    denominator = torch.as_tensor(denominator, dtype=torch.float32, device=hidden.device).clamp_min(1.0)
+    denominator = _on_device(denominator, hidden.device).clamp_min(1.0)
     if hidden.shape[0] == 0:
         # No target in this microbatch: a zero that still connects to the graph.
         return hidden.sum() * 0.0 + head.weight.sum() * 0.0
