@@ -63,41 +63,57 @@ def _accumulate_weight_grad(acc: torch.Tensor | None, g: torch.Tensor, h: torch.
     return part if acc is None else acc.add_(part)
 
 
+def _forward_chunks(hidden, weight, bias, targets, denominator, chunk_size, scale, softcap, compute):
+    """Σ CE over all chunks and the (hidden, weight, bias) gradients of Σ CE / denominator."""
+    need_h, need_w = hidden.requires_grad, weight.requires_grad
+    need_b = bias is not None and bias.requires_grad
+    need_grad = need_h or need_w or need_b
+    chunk_fn = _chunk_loss_and_grad_compiled if hidden.is_cuda else _chunk_loss_and_grad
+    w = weight.to(compute)
+    b = bias.to(compute) if bias is not None else None
+    grad_h = torch.empty_like(hidden) if need_h else None
+    grad_w = grad_b = None
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_size):
+        h = hidden[start : start + chunk_size].to(compute)
+        logits = h @ w.t()
+        if b is not None:
+            logits = logits + b
+        loss, g = chunk_fn(logits, targets[start : start + chunk_size], denominator, scale, softcap, need_grad)
+        total += loss
+        if not need_grad:
+            continue
+        if need_h:
+            rows = grad_h[start : start + chunk_size]
+            if rows.dtype == g.dtype:
+                torch.mm(g, w, out=rows)
+            else:  # fp32 hidden states under autocast: the product is cast on the copy
+                rows.copy_(g @ w)
+        if need_w:
+            grad_w = _accumulate_weight_grad(grad_w, g, h)
+        if need_b:
+            part = g.sum(0, dtype=torch.float32)
+            grad_b = part if grad_b is None else grad_b.add_(part)
+    # Stored in the parameters' dtypes: backward only multiplies by the incoming scalar
+    # (1 for a plain loss), so the fp32 accumulators need not outlive the forward.
+    grads = (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
+             grad_b.to(bias.dtype) if grad_b is not None else None)
+    return grads, total
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, denominator, chunk_size, scale, softcap):
-        ctx.weight_dtype = weight.dtype
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        need_h, need_w = hidden.requires_grad, weight.requires_grad
-        need_b = bias is not None and bias.requires_grad
-        need_grad = need_h or need_w or need_b
-        chunk_fn = _chunk_loss_and_grad_compiled if hidden.is_cuda else _chunk_loss_and_grad
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = grad_b = None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start : start + chunk_size]
-            logits = h @ weight.t()
-            if bias is not None:
-                logits = logits + bias
-            loss, g = chunk_fn(logits, targets[start : start + chunk_size], denominator, scale, softcap, need_grad)
-            total += loss
-            if not need_grad:
-                continue
-            if need_h:
-                torch.mm(g, weight, out=grad_h[start : start + chunk_size])
-            if need_w:
-                grad_w = _accumulate_weight_grad(grad_w, g, h)
-            if need_b:
-                part = g.sum(0, dtype=torch.float32)
-                grad_b = part if grad_b is None else grad_b.add_(part)
-        # Stored in the parameters' dtypes: backward only multiplies by the incoming scalar
-        # (1 for a plain loss), so the fp32 accumulators need not outlive the forward.
-        ctx.save_for_backward(
-            grad_h,
-            grad_w.to(weight.dtype) if grad_w is not None else None,
-            grad_b.to(bias.dtype) if grad_b is not None else None,
-        )
+        # Autocast does not cast inside an autograd.Function the way it casts module calls, and an
+        # ``out=`` tensor would refuse its product: the matmul dtype is chosen here, as autocast
+        # would (its dtype when enabled, else the weight's), and autocast is off for the body.
+        device_type = hidden.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        compute = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
+        with torch.autocast(device_type, enabled=False):
+            grads, total = _forward_chunks(hidden, weight, bias, targets, denominator, chunk_size, scale, softcap,
+                                           compute)
+        ctx.save_for_backward(*grads)
         return total / denominator
 
     @staticmethod

@@ -60,3 +60,25 @@ def test_host_index_gives_the_same_loss():
     indexed = batch.to("cpu")
     assert indexed.index is not None and indexed.index.target_positions.tolist() == [17, 18, 19]
     assert torch.allclose(model(indexed).loss, plain)
+
+
+def test_fused_loss_under_autocast_matches_the_unfused_loss_under_autocast():
+    """fp32 weights under bf16 autocast (the trainer's GPU path; CPU autocast here): the fused loss
+    picks autocast's dtype itself and writes fp32 gradients, like the unfused path."""
+    torch.manual_seed(0)
+    head = nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fused_linear_cross_entropy(hidden, head, targets, denominator=37, chunk_size=8)
+    loss.backward()
+    got = (hidden.grad.clone(), head.weight.grad.clone())
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    hidden.grad = None
+    head.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = F.cross_entropy(head(hidden).float(), targets)
+    reference.backward()
+    assert torch.allclose(loss, reference, rtol=1e-2)
+    assert torch.allclose(got[0], hidden.grad, atol=1e-2 * hidden.grad.abs().max())
+    assert torch.allclose(got[1], head.weight.grad, atol=1e-2 * head.weight.grad.abs().max())

@@ -31,12 +31,11 @@ _HEADER = 8  # dtype code, ndim, up to 6 dims
 
 
 def _header(t: torch.Tensor) -> torch.Tensor:
+    """dtype code, ndim and shape of ``t``, on ``t``'s device: NCCL sends only device tensors."""
     if t.dim() > _HEADER - 2:
         raise ValueError(f"cannot send a {t.dim()}-D tensor; at most {_HEADER - 2} dims")
-    h = torch.zeros(_HEADER, dtype=torch.int64)
-    h[0], h[1] = _DTYPES.index(t.dtype), t.dim()
-    h[2 : 2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
-    return h
+    values = [_DTYPES.index(t.dtype), t.dim(), *t.shape] + [0] * (_HEADER - 2 - t.dim())
+    return torch.tensor(values, dtype=torch.int64, device=t.device)
 
 
 class PipelineExecutor:
@@ -102,10 +101,11 @@ class PipelineExecutor:
     def _recv(self, peer: int, data: str) -> torch.Tensor:
         total = None
         for src in self._srcs(peer, data):
-            h = torch.empty(_HEADER, dtype=torch.int64)
+            h = torch.empty(_HEADER, dtype=torch.int64, device=self.device)
             dist.recv(h, src)
-            dtype, ndim = _DTYPES[int(h[0])], int(h[1])
-            buf = torch.empty([int(x) for x in h[2 : 2 + ndim]], dtype=dtype, device=self.device)
+            h = h.tolist()  # the shape decides the buffer: one read of the header
+            dtype, ndim = _DTYPES[h[0]], h[1]
+            buf = torch.empty(h[2 : 2 + ndim], dtype=dtype, device=self.device)
             dist.recv(buf, src)
             total = buf if total is None else total + buf
         return total
