@@ -232,6 +232,11 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: S
         raise ValueError(f"global batch must be >= 1, got {global_batch}")
     ctx = _Ctx(model, cluster, global_batch, opts, profile)
     world = cluster.world_size
+    if tuple(opts.placements) == ("modality_parallel",) and model.branches and world < len(model.branches) + 1:
+        # Not a memory question: each encoder branch and the LLM need a stage (a GPU) of their own.
+        raise ValueError(f"no plan fits: a modality-parallel plan of {model.name} needs at least "
+                         f"{len(model.branches) + 1} GPUs (one stage per encoder branch plus the LLM); got {world}. "
+                         f"Use more GPUs or the colocated placement")
     tps = [t for t in opts.tp_choices if t <= cluster.gpus_per_node]
     cands: list[tuple[float, int, tuple]] = []  # heap of (-estimate, tiebreak, candidate), best kept
     estimated = 0

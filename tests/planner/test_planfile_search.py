@@ -135,3 +135,11 @@ def test_cli_help_and_round_trip(tmp_path, capsys):
     assert "iteration" in text and "bubble" in text and (tmp_path / "g.png").stat().st_size > 1000
     bad = parser.parse_args(["plan", "--preset", "nope", "--out", str(out)])
     assert bad.func(bad, []) == 2 and "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_modality_parallel_on_too_few_gpus_says_so_not_memory():
+    model = freeze(preset_model("VALM-small"), "frozen_encoders")  # two encoder branches + the LLM
+    opts = SearchOptions(placements=("modality_parallel",))
+    with pytest.raises(ValueError, match=r"needs at least 3 GPUs \(one stage per encoder branch plus the LLM\); got 2"):
+        search(model, ClusterSpec.of(2), 16, opts)
+    assert search(model, ClusterSpec.of(4), 16, opts).plan.placement == "modality_parallel"
