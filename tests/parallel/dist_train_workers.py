@@ -13,9 +13,10 @@ from amylum.planner.spec import ClusterSpec
 
 
 def small_config(run_dir: Path, *extra: str) -> Config:
-    """tiny-valm on a small demo set: every test run is a few seconds of training."""
+    """tiny-valm on a small demo set: every test run is a few seconds of training. On the CPU with
+    gloo even where a GPU exists (4 ranks would otherwise each ask for a GPU of their own)."""
     return load_config(None, [
-        f"--job.run_dir={run_dir}", "--model.preset=tiny-valm", "--data.n_train=48", "--data.n_eval=0",
+        f"--job.run_dir={run_dir}", "--job.device=cpu", "--model.preset=tiny-valm", "--data.n_train=48", "--data.n_eval=0",
         "--training.steps=3", "--training.batch_size=8", "--training.warmup_steps=1", "--training.lr=0.003",
         "--metrics.log_every=1", "--metrics.progress_bar=false", "--metrics.tensorboard=false",
         "--metrics.report=false", "--checkpoint.export=false", "--checkpoint.every=2", "--eval.every=0",

@@ -101,6 +101,7 @@ def test_torchrun_trains_tiny_valm_with_the_planners_modality_parallel_plan(tmp_
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--standalone",
            "-m", "amylum", "train", "--plan", str(plan), "--model.preset=tiny-valm", f"--job.run_dir={run_dir}",
+           "--job.device=cpu",
            "--data.n_train=48", "--data.n_eval=0", "--training.steps=6", "--training.batch_size=8",
            "--training.warmup_steps=1", "--training.lr=0.003", "--metrics.log_every=1",
            "--metrics.progress_bar=false", "--metrics.tensorboard=false", "--eval.every=0",
