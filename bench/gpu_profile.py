@@ -114,6 +114,8 @@ def sync_report(step) -> None:
     def show(message, category, filename, lineno, file=None, line=None):
         frames = [f for f in traceback.extract_stack()[:-1]
                   if "/torch/" not in f.filename and "warnings" not in f.filename][-4:]
+        if frames and frames[-1].name == "sync_report":
+            return  # raised by switching the debug mode itself, not by the step
         where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
         seen[where] = seen.get(where, 0) + 1
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from amylum.device_copy import to_device
+
 MODES = ("multimodal", "causal")
 
 
@@ -54,13 +56,8 @@ class MaskSpec:
         return self.lo.shape[1]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MaskSpec":
-        def move(t: torch.Tensor) -> torch.Tensor:
-            # From pinned host memory the copy is asynchronous: the host does not wait for the GPU.
-            if non_blocking and t.device.type == "cpu" and torch.device(device).type == "cuda":
-                t = t.pin_memory()
-            return t.to(device, non_blocking=non_blocking)
-
-        return MaskSpec(*(move(t) for t in (self.lo, self.hi, self.sample_ids, self.segment_ids)), self.mode)
+        tensors = (self.lo, self.hi, self.sample_ids, self.segment_ids)
+        return MaskSpec(*(to_device(t, device, non_blocking) for t in tensors), self.mode)
 
     def allowed_count(self) -> torch.Tensor:
         """Allowed (query, key) pairs per row, padding excluded: the 'useful work' of a row."""

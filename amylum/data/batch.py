@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from amylum.device_copy import to_device
+
 TEXT_KIND = 0
 IGNORE_INDEX = -100
 
@@ -62,7 +64,7 @@ class BatchIndex:
                    host_sample_ids=batch.sample_ids, host_segment_ids=batch.segment_ids)
 
     def to(self, device, non_blocking: bool = False) -> "BatchIndex":
-        move = lambda t: _move(t, device, non_blocking)  # noqa: E731
+        move = lambda t: to_device(t, device, non_blocking)  # noqa: E731
         return BatchIndex(
             move(self.target_positions),
             move(self.target_labels),
@@ -70,13 +72,6 @@ class BatchIndex:
             self.host_sample_ids,
             self.host_segment_ids,
         )
-
-
-def _move(t: torch.Tensor, device, non_blocking: bool) -> torch.Tensor:
-    # Pinned host memory lets a non-blocking copy overlap with the GPU's work instead of syncing.
-    if non_blocking and t.device.type == "cpu" and torch.device(device).type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=non_blocking)
 
 
 @dataclass
@@ -180,10 +175,10 @@ class MultimodalBatch:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (torch.Tensor, BatchIndex)):
-                value = value.to(device, non_blocking=non_blocking) if isinstance(value, BatchIndex) else _move(
+                value = value.to(device, non_blocking=non_blocking) if isinstance(value, BatchIndex) else to_device(
                     value, device, non_blocking
                 )
             elif f.name == "encoder_inputs":
-                value = {m: {k: _move(v, device, non_blocking) for k, v in d.items()} for m, d in value.items()}
+                value = {m: {k: to_device(v, device, non_blocking) for k, v in d.items()} for m, d in value.items()}
             moved[f.name] = value
         return MultimodalBatch(**moved)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from amylum.device_copy import to_device
+
 
 def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor,
                          scale: float, softcap: float | None, need_grad: bool):
@@ -130,10 +132,7 @@ def _on_device(value: float | torch.Tensor, device: torch.device) -> torch.Tenso
     straight from a Python number is a synchronous copy, and the host would wait for the GPU."""
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=torch.float32)
-    host = torch.tensor(float(value), dtype=torch.float32)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+    return to_device(torch.tensor(float(value), dtype=torch.float32), device)
 
 
 def fused_linear_cross_entropy(

@@ -17,6 +17,7 @@ from torch import nn
 
 from amylum.attention import attention_inputs, setup_llm_attention
 from amylum.data.batch import IGNORE_INDEX, BatchIndex, MultimodalBatch
+from amylum.device_copy import to_device
 from amylum.models.encoder import ModalityEncoder
 from amylum.models.loss import fused_linear_cross_entropy
 from amylum.models.modality import ModalityInputSpec
@@ -27,12 +28,6 @@ class MultimodalOutput:
     loss: torch.Tensor | None
     logits: torch.Tensor | None
     num_target_tokens: torch.Tensor  # tokens that carry a label after the shift (the loss's denominator)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":  # pinned memory: the copy does not wait for the GPU's queue
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _logit_transform(llm: nn.Module) -> dict:
@@ -204,7 +199,7 @@ class MultimodalLM(nn.Module):
             feats = feats.reshape(n_items * per_item, width)
             if min(lengths) < per_item:  # variable-length items (audio): keep each item's first tokens
                 keep = torch.cat([torch.arange(n) + j * per_item for j, n in enumerate(lengths)])
-                feats = feats.index_select(0, _to_device(keep, feats.device))
+                feats = feats.index_select(0, to_device(keep, feats.device))
             if batch.index is not None:
                 positions = batch.index.modality_positions[name]
             else:

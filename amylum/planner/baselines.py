@@ -13,10 +13,8 @@ same frozen-aware runtime for everyone: only the planning differs.
 
 from __future__ import annotations
 
-import math
-
 from .cost import CostModel
-from .candidates import ChainOption, build_plan, even_option, template_options
+from .candidates import ChainOption, build_plan, even_option, replica_dims, template_options
 from .simulate import SimResult, simulate
 from .spec import ClusterSpec, ModelSpec
 
@@ -61,8 +59,7 @@ def baseline_plan(model: ModelSpec, cluster: ClusterSpec, global_batch: int, kin
             if R > world:
                 continue
             for mb in mb_choices:
-                dp = min(world // R, max(1, global_batch // mb))
-                m = math.ceil(global_batch / (dp * mb))
+                dp, m = replica_dims(world, R, global_batch, mb)
                 for ck in (False, True):
                     plan = build_plan(model, opts, placement, dp, mb, m, global_batch, ck, "1f1b")
                     sim = simulate(plan, model, cluster, cost_model=cms[ck], validate=False)

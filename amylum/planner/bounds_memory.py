@@ -72,7 +72,7 @@ import math
 from dataclasses import dataclass
 
 from .baselines import BASELINE_MB, BASELINE_TP, STAGE_COUNTS
-from .candidates import chain_layers
+from .candidates import chain_layers, replica_dims
 from .cost import GRAD_BYTES, CostModel, grad_needs
 from .search import SearchOptions, llm_cp_choices
 from .spec import ClusterSpec, ModelSpec
@@ -177,7 +177,7 @@ def _dps(R: int, world: int, B: int, mb: int, any_dp: bool) -> list[int]:
     """DP degrees a shape of R GPUs per replica gets: the planners' rule, or any that fits."""
     if R > world:
         return []
-    return list(range(1, world // R + 1)) if any_dp else [min(world // R, max(1, B // mb))]
+    return list(range(1, world // R + 1)) if any_dp else [replica_dims(world, R, B, mb)[0]]
 
 
 class _Shapes:

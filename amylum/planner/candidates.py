@@ -39,6 +39,16 @@ class ChainOption:
 
 
 
+def replica_dims(world: int, replica_gpus: int, global_batch: int, mb: int) -> tuple[int, int] | None:
+    """(DP degree, microbatches per replica) the planners give a replica of ``replica_gpus``:
+    as many replicas as fit, but no more than there are microbatches of ``mb`` samples; the last
+    microbatch round pads up to dp × m × mb ≥ global batch. None: one replica does not fit."""
+    dp = min(world // replica_gpus, max(1, global_batch // mb))
+    if dp < 1:
+        return None
+    return dp, -(-global_batch // (dp * mb))
+
+
 def build_plan(model: ModelSpec, options: list[ChainOption], placement: str, dp: int, mb: int, m: int,
                global_batch: int, ck: bool, schedule: str) -> Plan:
     """Stages from chain options; branches first, the LLM chain (or colocated chain) last."""

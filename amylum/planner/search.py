@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from .cost import CostModel, StageCost, grad_needs
 from .cp_cost import cp_imbalance
 from .partition import ChainSolver
-from .candidates import ChainOption, balanced_variant, build_plan, chain_layers, even_option, template_options
+from .candidates import (ChainOption, balanced_variant, build_plan, chain_layers, even_option, replica_dims,
+                         template_options)
 from .plan import Plan
 from .simulate import SimResult, prescreen, simulate
 from .validate import check_schedule
@@ -169,8 +170,7 @@ class _Ctx:
         res = None
         world = self.cluster.world_size
         if p <= len(layers) and p * tp * cp + other_gpus <= world:
-            dp = min(world // (p * tp * cp + other_gpus), max(1, self.B // mb))
-            m = math.ceil(self.B / (dp * mb))
+            dp, m = replica_dims(world, p * tp * cp + other_gpus, self.B, mb)
             self.partitions += 1
             # optimizer state is sharded over dp × cp ranks (CP ranks join the gradient reduction)
             part = solver.solve(_inflight(p, offset, m, self.opts.schedule), m, dp * cp)
@@ -253,10 +253,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: S
             heapq.heapreplace(cands, item)
 
     def dims(gpus_per_rep: int, mb: int):
-        dp = min(world // gpus_per_rep, max(1, global_batch // mb))
-        if dp < 1:
-            return None
-        return dp, math.ceil(global_batch / (dp * mb))
+        return replica_dims(world, gpus_per_rep, global_batch, mb)
 
     def cannot_enter(chain: str, tp: int, cp: int, p: int, mb: int, ck: bool, other: int) -> bool:
         """True when no plan built on this LLM option can enter the full heap of estimates.
@@ -271,10 +268,10 @@ def search(model: ModelSpec, cluster: ClusterSpec, global_batch: int, options: S
             return False
         ctx.solver(chain, tp, mb, ck, cp)
         total = sum(c.total for c in ctx.per_layer[(chain, tp, mb, ck, cp)][0])
-        dp = min(world // (p * tp * cp + other), max(1, global_batch // mb))
-        if dp < 1:
+        dims_ = replica_dims(world, p * tp * cp + other, global_batch, mb)
+        if dims_ is None:
             return True
-        m = math.ceil(global_batch / (dp * mb))
+        dp, m = dims_
         return (m - 1) * total / p + total > -cands[0][0] * (1 + 1e-9)
 
     for mb in opts.mb_choices:

@@ -49,7 +49,12 @@ def zero_bubble_lists(graph: StageGraph, plan, model_spec, cluster) -> tuple[dic
     from amylum.planner.simulate import simulate
 
     lists = simulate(plan, model_spec, cluster).schedule
-    return lists, _mismatches(lists, build_schedule(graph, plan.num_microbatches, "1f1b"))
+    return lists, zero_bubble_mismatches(lists, graph, plan.num_microbatches)
+
+
+def zero_bubble_mismatches(lists: dict[int, list[Action]], graph: StageGraph, num_microbatches: int) -> list[str]:
+    """Why ``lists`` cannot run on ``graph``: other work or messages than its 1F1B lists, per stage."""
+    return _mismatches(lists, build_schedule(graph, num_microbatches, "1f1b"))
 
 
 def stage_action_lists(graph: StageGraph, num_microbatches: int, schedule: str,
@@ -65,10 +70,9 @@ def stage_action_lists(graph: StageGraph, num_microbatches: int, schedule: str,
         raise ValueError(f"the plan has {planned.plan.num_microbatches} microbatches, the run {num_microbatches}")
     lists = getattr(planned, "zb_lists", None)  # check_plan's, made from the same plan
     if lists is None:
-        from amylum.planner.simulate import simulate
-
-        lists = simulate(planned.plan, planned.model_spec, planned.cluster).schedule
-    errors = _mismatches(lists, build_schedule(graph, num_microbatches, "1f1b"))
+        lists, errors = zero_bubble_lists(graph, planned.plan, planned.model_spec, planned.cluster)
+    else:
+        errors = zero_bubble_mismatches(lists, graph, num_microbatches)
     if errors:
         raise LayoutError("the plan's zero-bubble action lists do not fit the model's stages (was the plan made for "
                          "another freezing scenario?):\n  - " + "\n  - ".join(errors))
