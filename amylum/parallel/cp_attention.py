@@ -25,7 +25,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from amylum.attention.backends import MASK_KWARG, decomposed_attention_fn, flex_attention_fn, reference_attention, run_flex
 
-from .cp_overlap import OverlapMasks, overlapped_attention
+from .cp_overlap import OverlapMasks, interval_mask, overlapped_attention
 
 CP_KWARG = "amylum_cp"
 CP_IMPLEMENTATION = "amylum_cp"
@@ -97,8 +97,7 @@ class CPAttention:
         if overlap:  # one mask per part: own keys, received keys
             self.mask = OverlapMasks(exchange, backend, block_size)
         elif backend == "reference":
-            keys = torch.arange(kv_len, device=lo.device)
-            self.mask = ((keys >= lo[:, None]) & (keys <= hi[:, None]))[None, None]
+            self.mask = interval_mask(lo, hi, kv_len)
         else:
             self.mask = rect_block_mask(lo, hi, kv_len, block_size)
 
