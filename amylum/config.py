@@ -53,7 +53,17 @@ class ModelConfig:
     llm: str = _help('LLM weights: "trainable", "frozen" or "lora" (peft adapters).', default="trainable")
     encoders: str = _help('Every encoder\'s weights: "trainable" or "frozen".', default="trainable")
     projectors: str = _help('Every projector\'s weights: "trainable" or "frozen".', default="trainable")
-    attention: str = _help('Attention backend of the LLM: "reference" (dense multimodal mask), "hf" (model\'s own, causal).', default="reference")
+    attention: str = _help(
+        'Attention backend of the LLM: "reference" (dense multimodal mask; CPU), "flex" (FlexAttention), '
+        '"flex-flash" (FlexAttention on FlashAttention-4 kernels; needs flash-attn-4), "fast" (= flex), '
+        '"decomposed", "hf" (model\'s own, causal). docs/attention.md.',
+        default="reference",
+    )
+    compile: bool = _help(
+        "On CUDA, torch.compile every transformer block (a frozen encoder whole, as one CUDA graph); "
+        "ignored on CPU. One process only (`amylum train`).",
+        default=True,
+    )
 
 
 @dataclass

@@ -4,6 +4,8 @@
     python bench/gpu_profile.py --no-profile   # variant timings only
     python bench/gpu_profile.py --only=default --only=chunk   # the variants whose names contain these
     python bench/gpu_profile.py --only=default --table-out=prof.txt   # also every kernel, and a chrome trace
+    python bench/gpu_profile.py --only=flex-flash --profile=flex-flash   # profile that variant, not the default
+    (the flex-flash variants need the flash-attn-4 package; a variant that fails is reported and skipped)
 """
 
 from __future__ import annotations
@@ -89,15 +91,19 @@ def _device_mask():
     return lambda: setattr(integration, "_host_mask_spec", saved)
 
 
-def _kernel_time(prof, steps: int) -> tuple[float, float]:
+def _kernel_time(prof, steps: int, keep: Path | None = None) -> tuple[float, float]:
     """Kernel ms per step and the busy fraction of the span, from the trace's kernel records
-    (the profiler's per-event device times also count launch records and overlap)."""
+    (the profiler's per-event device times also count launch records and overlap). A profile
+    exports its trace once: ``keep`` also writes it there."""
     import json
+    import shutil
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
         events = json.load(open(f.name))["traceEvents"]
+        if keep is not None:
+            shutil.copyfile(f.name, keep)
     kernels = [e for e in events if e.get("cat") == "kernel"]
     total = sum(e["dur"] for e in kernels)
     span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
@@ -142,15 +148,21 @@ BWD_32_64 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BL
 def main():
     # name: (setup keywords, a function that changes the library for the variant and returns its undo)
     variants = {
-        "default (flex, compile, chunk 2048)": ({}, None),
+        "default (fast attention, compiled blocks, frozen encoder as one CUDA graph, chunk 2048)": ({}, None),
         "no GQA K/V expansion": ({}, _no_kv_expansion),
         "mask built on the device (syncs)": ({}, _device_mask),
         "loss chunk 4096": ({"chunk": 4096}, None),
         "loss chunk 8192": ({"chunk": 8192}, None),
         "blocks as CUDA graphs (reduce-overhead)": ({"compile_kwargs": {"mode": "reduce-overhead"}}, None),
-        "compiled optimizer step": ({"compile_opt": True}, None),
+        "compiled optimizer step (torch AdamW)": ({"compile_opt": True}, None),
         "flex tiles fwd 64x64 w4 s3": ({}, _flex_tiles(**FWD_64)),
         "flex tiles bwd 32/64/64/32 w4 s3": ({}, _flex_tiles(**BWD_32_64)),
+        "flex, Triton kernels": ({"backend": "flex"}, None),
+        "flex-flash, FA4 kernels": ({"backend": "flex-flash"}, None),
+        "flex-flash + blocks as CUDA graphs": ({"backend": "flex-flash", "compile_kwargs": {"mode": "reduce-overhead"}}, None),
+        "frozen encoder compiled per block, no CUDA graph": ({"compile_kwargs": {"frozen_graphs": False}}, None),
+        "coordinate-descent tuning of the LLM blocks' kernels": (
+            {"compile_kwargs": {"options": {"coordinate_descent_tuning": True}}}, None),
     }
     only = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--only=")]
     for name, (kw, before) in variants.items():
@@ -173,26 +185,42 @@ def main():
         torch.cuda.empty_cache()
     if "--no-profile" in sys.argv:
         return
-    model, step = setup()
+    chosen = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--profile=")]
+    name = next((n for n in variants if chosen and chosen[0] in n), next(iter(variants)))
+    kw, before = variants[name]
+    undo = before() if before else None
+    print(f"\nprofiled variant: {name}")
+    model, step = setup(**kw)
     ms = timed(step, n=5)
     sync_report(step)
     from torch.profiler import ProfilerActivity, profile
 
     steps = 3
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
     averages = prof.key_averages()
-    kernels_ms, busy = _kernel_time(prof, steps)
+    out = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--table-out=")]
+    kernels_ms, busy = _kernel_time(prof, steps, keep=Path(out[0]).with_suffix(".trace.json") if out else None)
     # GPU busy over the profiled span: the rest is time the GPU waits for the host (launches, syncs)
     print(f"\nstep {ms:.1f} ms; kernels {kernels_ms:.1f} ms/step; GPU busy {busy:.0%} of the profiled span "
           "(the profiler slows the host, so the unprofiled step idles less)")
     print(averages.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=90))
-    out = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--table-out=")]
-    if out:  # every kernel, for a full breakdown
+    # Which matmul shapes cost what (an under-filled GEMM shows as a low TFLOP/s for its shape)
+    print("\nmatmuls by input shapes (CUDA ms per step, calls per step, TFLOP/s):")
+    for a in sorted(prof.key_averages(group_by_input_shape=True), key=lambda a: -a.self_device_time_total):
+        if a.key not in ("aten::mm", "aten::addmm", "aten::bmm") or not a.input_shapes:
+            continue
+        shapes = [tuple(x) for x in a.input_shapes if isinstance(x, (list, tuple)) and len(x) >= 2]
+        mats = shapes[-2:]
+        flops = 2 * mats[0][-2] * mats[0][-1] * mats[1][-1] * (mats[0][0] if len(mats[0]) == 3 else 1) if len(mats) == 2 else 0
+        ms = a.self_device_time_total / 1e3 / steps
+        calls = a.count / steps
+        rate = flops * calls / (ms / 1e3) / 1e12 if ms else 0
+        print(f"  {a.key:<12} {str(a.input_shapes)[:70]:<70} {ms:7.2f} ms {calls:5.0f} × {rate:6.0f} TFLOP/s")
+    if out:  # every kernel, for a full breakdown (the trace was written above)
         Path(out[0]).write_text(averages.table(sort_by="self_cuda_time_total", row_limit=-1, max_name_column_width=160))
-        prof.export_chrome_trace(str(Path(out[0]).with_suffix(".trace.json")))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from amylum.attention import resolve_backend  # noqa: E402
 from amylum.data.batch import IGNORE_INDEX, MultimodalBatch  # noqa: E402
 from amylum.models import BranchFreeze, FreezeSpec, apply_freeze, build_preset  # noqa: E402
 from amylum.parallel.blocks import compile_blocks  # noqa: E402
@@ -214,6 +215,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="fast", help="amylum attention backend for the target row")
+    ap.add_argument("--extra-backend", action="append", default=[],
+                    help="also time the multimodal row with this attention backend (repeatable), e.g. flex")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--compile-mode", help="torch.compile mode for the blocks, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--skip-causal", action="store_true", help="skip the loss-agreement row")
@@ -231,15 +234,18 @@ def main() -> None:
     rate = matmul_rate(device)
     print(f"# {preset}; batch {rows} × ({text + prompt} text + modality tokens); "
           f"{'trainable' if train_llm else 'frozen'} LLM; device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}; "
-          f"torch {torch.__version__}; bf16 matmul {rate:.0f} TFLOP/s", flush=True)
+          f"torch {torch.__version__}; bf16 matmul {rate:.0f} TFLOP/s; amylum attention {args.backend!r} = "
+          f"{resolve_backend(args.backend)!r}", flush=True)
     results = [run_row("hf-loop", args, shape, vocab, "hf", "causal", False, rate)]
     if not args.skip_causal:
         results.append(run_row("amylum-causal", args, shape, vocab, args.backend, "causal", True, rate))
     results.append(run_row("amylum", args, shape, vocab, args.backend, "multimodal", True, rate))
+    for extra in args.extra_backend:
+        results.append(run_row(f"amylum [{extra}]", args, shape, vocab, extra, "multimodal", True, rate))
     base = results[0]
-    print(f"{'path':<14} {'ms/step':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'vs hf':>6} {'warmup s':>8}")
+    print(f"{'path':<18} {'ms/step':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'vs hf':>6} {'warmup s':>8}")
     for r in results:
-        print(f"{r['label']:<14} {r['ms']:8.1f} {r['tok_s']:9.0f} {r['tflops']:8.1f} {r['mfu']:6.1%} {r['peak']:8.1f} "
+        print(f"{r['label']:<18} {r['ms']:8.1f} {r['tok_s']:9.0f} {r['tflops']:8.1f} {r['mfu']:6.1%} {r['peak']:8.1f} "
               f"{base['ms'] / r['ms']:5.2f}× {r['compile_s']:8.1f}")
     if not args.skip_causal:
         a, b = torch.tensor(base["losses"]), torch.tensor(results[1]["losses"])

@@ -6,6 +6,7 @@ Public API::
     llm(inputs_embeds=..., position_ids=..., **attention_inputs(batch, mode="multimodal", backend=...))
 
 Backends: "reference" (SDPA + dense bool mask; CPU), "flex" (FlexAttention + BlockMask),
+"flex-flash" (the same, on FlashAttention-4's kernels),
 "decomposed" (flash causal + per-segment flash, merged by log-sum-exp), "fast" (the route the
 GPU benchmark picked), "hf" (the model's own attention, plain causal). See docs/attention.md.
 """

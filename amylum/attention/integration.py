@@ -8,6 +8,8 @@ with transformers' ``AttentionInterface`` (and, for decoding, HF's own SDPA mask
 * ``reference``  → ``{"attention_mask": (B, 1, S, S) bool}``; HF passes a 4D mask through
   untouched to every layer.
 * ``flex``       → ``{"attention_mask": BlockMask}``, likewise passed through.
+* ``flex-flash`` → the same ``BlockMask``; the kernels are FlashAttention-4's (package
+  ``flash-attn-4``) instead of FlexAttention's Triton ones.
 * ``decomposed`` → ``{"attention_mask": None, "amylum_mask": DecomposedMask}``; HF forwards
   extra kwargs down to the attention function. HF builds no mask for multi-token forwards.
 * ``fast``       → the route the GPU benchmark picked (currently ``flex``).
@@ -21,19 +23,40 @@ from __future__ import annotations
 
 import types
 
-from .backends import MASK_KWARG, decomposed_attention_fn, flex_attention_fn, reference_attention
+import torch
+
+from .backends import MASK_KWARG, decomposed_attention_fn, flex_attention_fn, flex_flash_attention_fn, reference_attention
 from .block_sparse import flex_block_mask
 from .decomposed import decomposed_mask
 from .dense import dense_mask
 from .mask import mask_spec
 
-FAST_ROUTE = "flex"  # picked by bench/attention.py numbers (docs/BENCHMARKS.md): flex ≥ decomposed everywhere
-BACKENDS = ("reference", "flex", "decomposed", "fast", "hf")
+BACKENDS = ("reference", "flex", "flex-flash", "decomposed", "fast", "hf")
 IMPLEMENTATIONS = {
     "reference": ("amylum_reference", reference_attention),
     "flex": ("amylum_flex", flex_attention_fn),
+    "flex-flash": ("amylum_flex_cute", flex_flash_attention_fn),  # HF treats any name with "flash" as its own flash-attn
     "decomposed": ("amylum_decomposed", decomposed_attention_fn),
 }
+FLASH_INSTALL = "pip install --pre 'flash-attn-4[cu13]'  (or flash-attn-4 for CUDA 12)"
+
+
+def flash_available() -> bool:
+    """FlashAttention-4's CuTe kernels can serve FlexAttention here: the package imports and a
+    Hopper or Blackwell GPU (compute capability 9.x or 10.x) is visible."""
+    import importlib.util
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (9, 10):
+        return False
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ImportError:  # a "flash_attn" without the cute subpackage (FlashAttention 2)
+        return False
+
+
+FAST_ROUTE = "flex"  # bench/attention.py: flex ≥ decomposed everywhere. "flex-flash" is faster on
+# Hopper (bench/gpu_step.py) but needs a pre-release package and was measured only in the
+# benchmark's path (bf16 weights, compiled blocks), so it is chosen explicitly, not by "fast".
 
 
 def resolve_backend(backend: str) -> str:
@@ -70,6 +93,11 @@ def setup_llm_attention(llm, backend: str = "reference") -> None:
     backend = resolve_backend(backend)
     if backend == "hf":
         return
+    if backend == "flex-flash" and torch.cuda.is_available() and not flash_available():
+        raise ValueError(
+            "attention backend 'flex-flash' needs FlashAttention-4 (CuTe DSL) on a Hopper or Blackwell GPU: "
+            f"{FLASH_INSTALL}; or use backend 'flex'"
+        )
     register_attention()
     name = IMPLEMENTATIONS[backend][0]
     if hasattr(llm, "set_attn_implementation"):
@@ -116,6 +144,6 @@ def attention_inputs(batch_or_tensors, *, mode: str = "multimodal", backend: str
     spec = _host_mask_spec(batch_or_tensors, mode)
     if spec is None:
         spec = mask_spec(batch_or_tensors, mode)
-    if backend == "flex":
+    if backend in ("flex", "flex-flash"):  # one mask, two kernels
         return {"attention_mask": flex_block_mask(spec, options.get("block_size", 128))}
     return {"attention_mask": None, MASK_KWARG: decomposed_mask(spec)}

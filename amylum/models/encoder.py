@@ -174,6 +174,10 @@ class ModalityEncoder(nn.Module):
                 feats = out.hidden_states[self.feature_layer]
         if feats.dim() != 3:
             raise ValueError(f"encoder {type(self.encoder).__name__} returned shape {tuple(feats.shape)}, expected (N, T, H)")
+        if feats.is_cuda and not self.encoder_trainable():
+            # A frozen encoder may replay as a CUDA graph (parallel.blocks.compile_blocks), whose
+            # output the next replay overwrites; the projector keeps its input for backward.
+            feats = feats.clone()
         if self.num_prefix_tokens:
             feats = feats[:, self.num_prefix_tokens :]
         return feats

@@ -125,15 +125,28 @@ def build_train_loader(cfg: Config, dataset, model: nn.Module, rank: int = 0, wo
 
 
 def build_run(cfg: Config) -> RunParts:
+    from amylum.attention import resolve_backend
     from amylum.data.dataset import MultimodalDataset
     from amylum.data.processor import MultimodalProcessor
     from amylum.data.tokenizer import load_tokenizer
     from amylum.runtime.evaluation import make_evaluator
 
     device = resolve_device(cfg)
+    if device.type == "cuda" and not cfg.model.compile and resolve_backend(cfg.model.attention) in ("flex", "flex-flash"):
+        # Seen on an H100 (torch 2.11, 2026-11-25): eager model code calling the compiled
+        # FlexAttention kernel under the trainer's bf16 autocast fails inside inductor
+        # (NoValidChoicesError); inside compiled blocks the same backend trains.
+        raise ValueError(
+            f"model.attention={cfg.model.attention!r} on CUDA needs model.compile=true (FlexAttention is run from "
+            "compiled blocks); or use model.attention='reference'"
+        )
     paths = prepare_data(cfg)
     tokenizer = load_tokenizer(paths.tokenizer)
     model = build_model(cfg, vocab_size=len(tokenizer), device=device)
+    if cfg.model.compile and device.type == "cuda":
+        from amylum.parallel.blocks import compile_blocks
+
+        compile_blocks(model)  # per block: compile time of one layer; HF's control flow stays eager
     specs = model.modality_specs()
     processor = MultimodalProcessor(tokenizer, specs, max_length=cfg.data.max_length, on_error=cfg.data.on_error)
     train = build_train_loader(cfg, MultimodalDataset(paths.train, processor), model)

@@ -16,6 +16,7 @@ average on the first batch; a rough figure for MFU, like torchtitan's ``6N + 12L
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,31 @@ def _module_flops(counts: dict[str, dict], suffix: str) -> float:
     return 0.0
 
 
+@contextmanager
+def _countable_attention(model: nn.Module):
+    """The model with the dense reference attention while FLOPs are counted.
+
+    ``FlopCounterMode`` cannot run FlexAttention (a higher-order op: "no implementation found for
+    'torch.ops.higher_order.flex_attention'"), so counting a model on the flex backends would
+    fail the trainer's first step. The reference backend does the same projections and MLPs and
+    attends with SDPA, which the counter counts as dense attention (as it would count flex).
+    """
+    from amylum.attention import setup_llm_attention
+
+    backend = getattr(model, "attention_backend", None)
+    llm = getattr(model, "llm", None)
+    if llm is None or backend in (None, "reference", "hf"):
+        yield
+        return
+    setup_llm_attention(llm, "reference")
+    model.attention_backend = "reference"
+    try:
+        yield
+    finally:
+        setup_llm_attention(llm, backend)
+        model.attention_backend = backend
+
+
 @torch.no_grad()
 def measure_step_flops(model: nn.Module, batch) -> StepFlops:
     """Count one forward of ``batch`` (eval mode, RNG untouched) and scale to training FLOPs.
@@ -79,7 +105,7 @@ def measure_step_flops(model: nn.Module, batch) -> StepFlops:
     model.eval()
     counter = FlopCounterMode(display=False)
     try:
-        with torch.random.fork_rng(devices=[]), counter:
+        with torch.random.fork_rng(devices=[]), _countable_attention(model), counter:
             model(batch)
     finally:
         model.train(was_training)

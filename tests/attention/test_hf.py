@@ -66,13 +66,14 @@ def test_backends_agree_on_multimodal_batches_forward_and_backward(family):
     valid = (batch.sample_ids >= 0)[..., None]
     embeds = torch.randn(2, 20, 32, generator=g)
     results = {}
-    for backend in ("reference", "flex", "decomposed"):
+    for backend in ("reference", "flex", "flex-flash", "decomposed"):  # flex-flash: eager flex on CPU
         setup_llm_attention(model, backend)
         x = embeds.clone().requires_grad_(True)
         kwargs = attention_inputs(batch, backend=backend)
-        logits = _logits(model, x, batch.position_ids, grad=backend != "flex", **kwargs)
+        forward_only = backend.startswith("flex")  # FlexAttention has no CPU backward
+        logits = _logits(model, x, batch.position_ids, grad=not forward_only, **kwargs)
         grad = None
-        if backend != "flex":  # FlexAttention has no CPU backward
+        if not forward_only:
             (logits * valid).sum().backward()
             grad = x.grad
         results[backend] = (logits.detach() * valid, grad)
@@ -87,7 +88,7 @@ def test_backends_agree_on_multimodal_batches_forward_and_backward(family):
     assert not torch.allclose(causal, ref_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["reference", "flex", "decomposed"])
+@pytest.mark.parametrize("backend", ["reference", "flex", "flex-flash", "decomposed"])
 def test_decoding_with_kv_cache_falls_back_to_plain_path(backend):
     model, plain = _model("llama"), _model("llama")
     setup_llm_attention(model, backend)
@@ -147,3 +148,14 @@ def test_fast_alias_resolves_to_the_benchmarked_route():
     assert resolve_backend("fast") == "flex"
     batch = SimpleNamespace(sample_ids=torch.zeros(1, 8, dtype=torch.long), segment_ids=torch.full((1, 8), -1))
     assert isinstance(attention_inputs(batch, backend="fast")["attention_mask"], BlockMask)
+
+
+def test_flex_flash_without_fa4_on_a_gpu_machine_is_a_clear_error(monkeypatch):
+    import amylum.attention.integration as integration
+
+    monkeypatch.setattr(integration.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(integration, "flash_available", lambda: False)
+    with pytest.raises(ValueError, match="flash-attn-4"):
+        setup_llm_attention(_model("llama"), "flex-flash")
+    monkeypatch.setattr(integration, "flash_available", lambda: True)
+    assert integration.resolve_backend("fast") == "flex"  # flex-flash is chosen explicitly

@@ -45,3 +45,15 @@ def test_measuring_does_not_move_the_rng(forward_only):
 def test_no_peak_on_cpu():
     assert peak_tflops(torch.device("cpu")) is None
     assert peak_tflops(torch.device("cpu"), override=100.0) == 100.0
+
+
+@pytest.mark.parametrize("backend", ["flex", "flex-flash"])
+def test_flex_models_are_counted_and_keep_their_backend(forward_only, backend):
+    """FlopCounterMode cannot run FlexAttention: the count uses the dense reference attention
+    (same FLOPs as a reference model's) and the model gets its own backend back."""
+    ref_model, batch = forward_only
+    apply_freeze(ref_model, FreezeSpec(llm="trainable", encoders={"vision": BranchFreeze("trainable", "trainable")}))
+    model = build_preset("tiny-vlm", vocab_size=64, seed=0, attention_backend=backend)
+    assert measure_step_flops(model, batch) == measure_step_flops(ref_model, batch)
+    assert model.attention_backend == backend
+    assert model.llm.config._attn_implementation != "amylum_reference"
