@@ -60,8 +60,8 @@ class ModelConfig:
         default="reference",
     )
     compile: bool = _help(
-        "On CUDA, torch.compile every transformer block (a frozen encoder whole, as one CUDA graph); "
-        "ignored on CPU. One process only (`amylum train`).",
+        "On CUDA, torch.compile every transformer block, one block at a time; ignored on CPU. "
+        "One process only (`amylum train`).",
         default=True,
     )
 

@@ -154,7 +154,8 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate):
     if amylum_path:
         model.validate_inputs = False
         if not args.no_compile:
-            compile_blocks(model, **({"mode": args.compile_mode} if args.compile_mode else {}))
+            compile_blocks(model, frozen_graphs=args.frozen_graph,
+                           **({"mode": args.compile_mode} if args.compile_mode else {}))
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=1e-5, fused=device == "cuda")
     cpu_batch = make_batch(model, shape, vocab, args.seed)
@@ -218,6 +219,8 @@ def main() -> None:
     ap.add_argument("--extra-backend", action="append", default=[],
                     help="also time the multimodal row with this attention backend (repeatable), e.g. flex")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--frozen-graph", action="store_true",
+                    help="compile a frozen encoder whole as one CUDA graph (amylum.parallel.blocks.compile_blocks)")
     ap.add_argument("--compile-mode", help="torch.compile mode for the blocks, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--skip-causal", action="store_true", help="skip the loss-agreement row")
     ap.add_argument("--cpu-smoke", action="store_true")

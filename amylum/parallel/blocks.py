@@ -47,7 +47,7 @@ def _frozen_cuda_encoder(model: nn.Module, name: str) -> nn.Module | None:
     return None
 
 
-def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = None, frozen_graphs: bool = True,
+def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = None, frozen_graphs: bool = False,
                    **compile_kwargs) -> int:
     """``torch.compile`` every block in place (``nn.Module.compile``); returns how many modules were compiled.
 
@@ -60,6 +60,9 @@ def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = Non
     of a no-grad forward, each replay may reuse the memory of the previous graph's outputs.
     The encoder's output lives in the graph's pool until the next replay, so the encoder
     branch copies it (``ModalityEncoder.encode``) before the projector keeps it for backward.
+    Off by default: it trained correctly in bench/gpu_step.py on an H200, but its effect on
+    step time was not measured against the per-block compile, and `amylum train` (whose FLOP
+    count runs the model under a dispatch mode) has not run with it.
     """
     count = 0
     for name, blocks in component_blocks(model):

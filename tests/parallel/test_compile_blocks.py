@@ -21,7 +21,7 @@ def test_cpu_blocks_compile_one_by_one_without_cuda_graphs(monkeypatch):
     seen = []
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: seen.append((type(self).__name__, kw)))
     model = _tiny()
-    n = compile_blocks(model)
+    n = compile_blocks(model, frozen_graphs=True)
     blocks = sum(len(b) for _, b in component_blocks(model))
     assert n == len(seen) == blocks  # frozen encoder, but on the CPU: its blocks, no graphs
     assert all("mode" not in kw for _, kw in seen)
@@ -41,7 +41,7 @@ def test_frozen_encoder_graph_trains_like_eager():
     for graphs in (False, True):
         model = _tiny("cuda", torch.bfloat16)
         if graphs:
-            assert compile_blocks(model, components=tuple(model.encoders)) == len(model.encoders)
+            assert compile_blocks(model, components=tuple(model.encoders), frozen_graphs=True) == len(model.encoders)
         opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, fused=True)
         batch = make_batch(model, Shape(rows, prompt, text, images, 0.0), 64, 0).to("cuda")
         got = []
