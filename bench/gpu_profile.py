@@ -212,9 +212,10 @@ def main():
     for a in sorted(prof.key_averages(group_by_input_shape=True), key=lambda a: -a.self_device_time_total):
         if a.key not in ("aten::mm", "aten::addmm", "aten::bmm") or not a.input_shapes:
             continue
-        shapes = [tuple(x) for x in a.input_shapes if isinstance(x, (list, tuple)) and len(x) >= 2]
-        mats = shapes[-2:]
-        flops = 2 * mats[0][-2] * mats[0][-1] * mats[1][-1] * (mats[0][0] if len(mats[0]) == 3 else 1) if len(mats) == 2 else 0
+        first = 1 if a.key == "aten::addmm" else 0  # addmm's first argument is the bias
+        mats = [tuple(x) for x in a.input_shapes[first:first + 2]]  # positional: an out= shape may follow
+        ok = len(mats) == 2 and all(len(m) in (2, 3) for m in mats)
+        flops = 2 * mats[0][-2] * mats[0][-1] * mats[1][-1] * (mats[0][0] if len(mats[0]) == 3 else 1) if ok else 0
         ms = a.self_device_time_total / 1e3 / steps
         calls = a.count / steps
         rate = flops * calls / (ms / 1e3) / 1e12 if ms else 0
