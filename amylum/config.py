@@ -64,6 +64,11 @@ class ModelConfig:
         "One process only (`amylum train`).",
         default=True,
     )
+    merge_matmuls: bool = _help(
+        "With model.compile: merge matmuls that share an input inside each compiled block (a GQA block's "
+        "q/k/v projections and their gradients become one GEMM each; parallel/gemm_merge.py).",
+        default=True,
+    )
 
 
 @dataclass
@@ -100,6 +105,11 @@ class TrainingConfig:
     betas: list[float] = _help("AdamW betas.", default_factory=lambda: [0.9, 0.95])
     grad_clip: float = _help("Clip the global gradient norm to this value (0 = off).", default=1.0)
     precision: str = _help('"auto" (bf16 autocast on GPU, fp32 on CPU), "bf16" or "fp32".', default="auto")
+    adamw_kernel: str = _help(
+        '"torch" (torch\'s fused AdamW on GPU) or "triton" (amylum\'s one-launch AdamW, same update; CUDA '
+        "only, runtime/adamw_triton.py).",
+        default="torch",
+    )
     deterministic: bool = _help("Use deterministic algorithms (exact resume on CPU).", default=True)
 
 
@@ -330,6 +340,9 @@ def validate(cfg: Config) -> None:
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"training.betas = {t.betas}; expected two values in [0, 1)")
     _choice(t.precision, ("auto", "bf16", "fp32"), "training.precision")
+    _choice(t.adamw_kernel, ("torch", "triton"), "training.adamw_kernel")
+    if t.adamw_kernel == "triton" and cfg.job.device == "cpu":
+        raise ConfigError("training.adamw_kernel = 'triton' needs a GPU; job.device is 'cpu' (use 'torch')")
     if t.precision == "bf16" and cfg.job.device == "cpu":
         raise ConfigError("training.precision = 'bf16' needs a GPU; job.device is 'cpu' (use 'auto' or 'fp32')")
     _choice(d.demo, ("auto", "vlm", "valm", "none"), "data.demo")

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_step import PRESETS, Shape, build, make_batch  # noqa: E402
+from gpu_step import PRESETS, Shape, build, kernel_time, make_batch  # noqa: E402
 from amylum.parallel.blocks import compile_blocks  # noqa: E402
 
 
@@ -89,25 +89,6 @@ def _device_mask():
     saved = integration._host_mask_spec
     integration._host_mask_spec = lambda batch, mode: None
     return lambda: setattr(integration, "_host_mask_spec", saved)
-
-
-def _kernel_time(prof, steps: int, keep: Path | None = None) -> tuple[float, float]:
-    """Kernel ms per step and the busy fraction of the span, from the trace's kernel records
-    (the profiler's per-event device times also count launch records and overlap). A profile
-    exports its trace once: ``keep`` also writes it there."""
-    import json
-    import shutil
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        events = json.load(open(f.name))["traceEvents"]
-        if keep is not None:
-            shutil.copyfile(f.name, keep)
-    kernels = [e for e in events if e.get("cat") == "kernel"]
-    total = sum(e["dur"] for e in kernels)
-    span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
-    return total / 1e3 / steps, total / span
 
 
 def sync_report(step) -> None:
@@ -202,7 +183,7 @@ def main():
         torch.cuda.synchronize()
     averages = prof.key_averages()
     out = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--table-out=")]
-    kernels_ms, busy = _kernel_time(prof, steps, keep=Path(out[0]).with_suffix(".trace.json") if out else None)
+    kernels_ms, busy, _ = kernel_time(prof, steps, keep=Path(out[0]).with_suffix(".trace.json") if out else None)
     # GPU busy over the profiled span: the rest is time the GPU waits for the host (launches, syncs)
     print(f"\nstep {ms:.1f} ms; kernels {kernels_ms:.1f} ms/step; GPU busy {busy:.0%} of the profiled span "
           "(the profiler slows the host, so the unprofiled step idles less)")

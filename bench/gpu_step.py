@@ -3,6 +3,8 @@
     python bench/gpu_step.py                  # VLM preset (SigLIP-so400m frozen + MLP + Qwen2-1.5B), batch 4
     python bench/gpu_step.py --preset valm    # Whisper-small + SigLIP-so400m + Mistral-7B (frozen LLM)
     python bench/gpu_step.py --cpu-smoke      # tiny preset on CPU: checks the script runs
+    python bench/gpu_step.py --backend flex-flash --graph --extra-backend flex-flash+eager
+                                              # the step as one CUDA graph, and without, same run
 
 Rows:
   hf-loop          encoder under no_grad, llm(inputs_embeds=…, labels=…), SDPA (causal), bf16 weights, fused AdamW
@@ -31,6 +33,8 @@ from amylum.attention import resolve_backend  # noqa: E402
 from amylum.data.batch import IGNORE_INDEX, MultimodalBatch  # noqa: E402
 from amylum.models import BranchFreeze, FreezeSpec, apply_freeze, build_preset  # noqa: E402
 from amylum.parallel.blocks import compile_blocks  # noqa: E402
+from amylum.runtime.adamw_triton import TritonAdamW  # noqa: E402
+from amylum.runtime.graph_step import GraphedTrainStep  # noqa: E402
 
 PRESETS = {
     # name: (preset, rows, prompt tokens, text tokens, images per row, audio seconds per row, train llm)
@@ -117,6 +121,33 @@ def matmul_rate(device: str) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
 
+def kernel_time(prof, steps: int, keep: Path | None = None) -> tuple[float, float, list[tuple[str, float, float]]]:
+    """Kernel ms per step, the busy fraction of the span, and the top kernels (name, ms per step,
+    launches per step), from the trace's kernel records (the profiler's per-event device times
+    also count launch records and overlap). A profile exports its trace once: ``keep`` also
+    writes it there."""
+    import json
+    import shutil
+    import tempfile
+    from collections import defaultdict
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+        if keep is not None:
+            shutil.copyfile(f.name, keep)
+    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")]
+    total = sum(e["dur"] for e in kernels)
+    span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in kernels:
+        entry = by_name[e.get("name", "?")[:90]]
+        entry[0] += e["dur"] / 1e3 / steps
+        entry[1] += 1 / steps
+    top = sorted(((name, ms, n) for name, (ms, n) in by_name.items()), key=lambda t: -t[1])
+    return total / 1e3 / steps, total / span, top
+
+
 def build(preset: str, device: str, dtype, backend: str, mask_mode: str, train_llm: bool, seed: int):
     model = build_preset(preset, device=device, dtype=dtype, attention_backend=backend, mask_mode=mask_mode, seed=seed)
     freeze = {m: BranchFreeze("frozen", "trainable") for m in model.encoders}
@@ -144,7 +175,8 @@ def hf_loop_step(model, batch: MultimodalBatch):
     return model.llm(inputs_embeds=flat, position_ids=batch.position_ids, labels=batch.labels, use_cache=False).loss
 
 
-def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate):
+def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph=False, optimizer="fused",
+            merge=False):
     preset, *_rest, train_llm = PRESETS[args.preset]
     device, dtype = ("cpu", torch.float32) if args.cpu_smoke else ("cuda", torch.bfloat16)
     if device == "cuda":
@@ -154,15 +186,29 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate):
     if amylum_path:
         model.validate_inputs = False
         if not args.no_compile:
-            compile_blocks(model, frozen_graphs=args.frozen_graph,
-                           **({"mode": args.compile_mode} if args.compile_mode else {}))
+            options = dict(kv.split("=", 1) for kv in args.compile_option)
+            options = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in options.items()}
+            compile_blocks(model, frozen_graphs=args.frozen_graph, merge_matmuls=merge,
+                           **({"mode": args.compile_mode} if args.compile_mode else {}),
+                           **({"options": options} if options else {}))
+        if args.loss_chunk:
+            model.loss_chunk_size = args.loss_chunk
     params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=device == "cuda")
+    if optimizer == "triton":  # same update, one Triton launch (amylum.runtime.adamw_triton)
+        opt = TritonAdamW(params, lr=1e-5)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-5, fused=device == "cuda", **({"capturable": True} if graph else {}))
     cpu_batch = make_batch(model, shape, vocab, args.seed)
     batch = cpu_batch.to(device, non_blocking=device == "cuda")
     losses = []
+    # The whole step as one CUDA graph (amylum.runtime.graph_step): warm-up steps run eagerly,
+    # the next one is captured; every call is one training step either way.
+    graphed = GraphedTrainStep(lambda b: model(b).loss, opt, warmup=min(3, args.warmup)) if graph else None
 
     def step():
+        if graphed is not None:
+            losses.append(graphed(batch))
+            return
         loss = model(batch).loss if amylum_path else hf_loop_step(model, batch)
         loss.backward()
         opt.step()
@@ -186,6 +232,21 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate):
         torch.cuda.synchronize()
         ms = e0.elapsed_time(e1) / args.steps
         peak = torch.cuda.max_memory_allocated() / 2**30
+        if args.kernel_time and amylum_path:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+            k_ms, busy, top = kernel_time(prof, 3)
+            memsets = sum(n for name, _, n in top if name.startswith("Memset"))
+            copies = sum(n for name, _, n in top if name.startswith("Memcpy"))
+            print(f"{label}: GPU work {k_ms:.1f} ms/step ({sum(n for _, _, n in top):.0f} kernels, memsets and "
+                  f"copies per step, {memsets:.0f} memsets, {copies:.0f} copies), busy {busy:.0%} of the profiled "
+                  "span; largest:", flush=True)
+            for name, k, n in top[:args.kernel_time]:
+                print(f"    {k:7.2f} ms {n:5.0f}×  {name}", flush=True)
     else:
         ms = (time.perf_counter() - start) * 1000 / args.steps
         peak = float("nan")
@@ -217,11 +278,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="fast", help="amylum attention backend for the target row")
     ap.add_argument("--extra-backend", action="append", default=[],
-                    help="also time the multimodal row with this attention backend (repeatable), e.g. flex")
+                    help="also time the multimodal row with this attention backend (repeatable), e.g. flex; "
+                         "suffixes +graph / +eager, +triton / +fused and +merge / +nomerge override --graph, "
+                         "--optimizer and --merge-matmuls for that row")
+    ap.add_argument("--merge-matmuls", action="store_true",
+                    help="amylum rows: merge matmuls sharing an input in the compiled blocks (parallel/gemm_merge.py)")
+    ap.add_argument("--loss-chunk", type=int, default=0, help="amylum rows: the fused loss's chunk (default: the model's)")
+    ap.add_argument("--optimizer", choices=("fused", "triton"), default="fused",
+                    help="amylum rows' AdamW: torch's fused kernel, or amylum's one-launch Triton kernel")
+    ap.add_argument("--graph", action="store_true",
+                    help="amylum rows replay the whole step as one CUDA graph (amylum.runtime.graph_step)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--frozen-graph", action="store_true",
                     help="compile a frozen encoder whole as one CUDA graph (amylum.parallel.blocks.compile_blocks)")
+    ap.add_argument("--compile-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="inductor option for the amylum rows' blocks (repeatable), e.g. coordinate_descent_tuning=true")
     ap.add_argument("--compile-mode", help="torch.compile mode for the blocks, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--kernel-time", type=int, default=0, metavar="N",
+                    help="after timing each amylum row, profile 3 steps: GPU time per step and its N largest kernels")
     ap.add_argument("--skip-causal", action="store_true", help="skip the loss-agreement row")
     ap.add_argument("--cpu-smoke", action="store_true")
     args = ap.parse_args()
@@ -239,19 +313,46 @@ def main() -> None:
           f"{'trainable' if train_llm else 'frozen'} LLM; device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}; "
           f"torch {torch.__version__}; bf16 matmul {rate:.0f} TFLOP/s; amylum attention {args.backend!r} = "
           f"{resolve_backend(args.backend)!r}", flush=True)
-    results = [run_row("hf-loop", args, shape, vocab, "hf", "causal", False, rate)]
+    if (args.graph or args.optimizer == "triton") and args.cpu_smoke:
+        sys.exit("--graph and --optimizer triton need CUDA")
+    def row_tag(graph, optimizer, merge):
+        return "+".join(t for t, on in (("graph", graph), ("triton", optimizer == "triton"), ("merge", merge)) if on)
+
+    main = (args.graph, args.optimizer, args.merge_matmuls)
+    tag = f" [{row_tag(*main)}]" if row_tag(*main) else ""
+    variants = [("hf-loop", "hf", "causal", False, (False, "fused", False))]
     if not args.skip_causal:
-        results.append(run_row("amylum-causal", args, shape, vocab, args.backend, "causal", True, rate))
-    results.append(run_row("amylum", args, shape, vocab, args.backend, "multimodal", True, rate))
+        variants.append((f"amylum-causal{tag}", args.backend, "causal", True, main))
+    variants.append((f"amylum{tag}", args.backend, "multimodal", True, main))
     for extra in args.extra_backend:
-        results.append(run_row(f"amylum [{extra}]", args, shape, vocab, extra, "multimodal", True, rate))
+        name, *flags = extra.split("+")
+        unknown = set(flags) - {"graph", "eager", "triton", "fused", "merge", "nomerge"}
+        if unknown:
+            sys.exit(f"--extra-backend {extra!r}: unknown suffix {sorted(unknown)} (graph, eager, triton, fused, merge, nomerge)")
+        graph = "graph" in flags or ("eager" not in flags and args.graph)
+        optimizer = "triton" if "triton" in flags else "fused" if "fused" in flags else args.optimizer
+        merge = "merge" in flags or ("nomerge" not in flags and args.merge_matmuls)
+        tag = row_tag(graph, optimizer, merge)
+        variants.append((f"amylum [{name}{'+' + tag if tag else ''}]", name, "multimodal", True, (graph, optimizer, merge)))
+    results = []
+    for label, backend, mask_mode, amylum_path, (graph, optimizer, merge) in variants:
+        try:
+            results.append(run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph, optimizer,
+                                   merge))
+        except Exception as exc:  # one failing variant must not cost the others' measurements
+            if not results:
+                raise
+            print(f"row {label!r} failed: {type(exc).__name__}: {str(exc)[:2000]}", flush=True)
+            gc.collect()
     base = results[0]
-    print(f"{'path':<18} {'ms/step':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'vs hf':>6} {'warmup s':>8}")
+    print(f"{'path':<40} {'ms/step':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'vs hf':>6} {'warmup s':>8}")
     for r in results:
-        print(f"{r['label']:<18} {r['ms']:8.1f} {r['tok_s']:9.0f} {r['tflops']:8.1f} {r['mfu']:6.1%} {r['peak']:8.1f} "
+        print(f"{r['label']:<40} {r['ms']:8.1f} {r['tok_s']:9.0f} {r['tflops']:8.1f} {r['mfu']:6.1%} {r['peak']:8.1f} "
               f"{base['ms'] / r['ms']:5.2f}× {r['compile_s']:8.1f}")
-    if not args.skip_causal:
-        a, b = torch.tensor(base["losses"]), torch.tensor(results[1]["losses"])
+    causal = [r for r in results if r["label"].startswith("amylum-causal")]
+    if causal:
+        n = min(len(base["losses"]), len(causal[0]["losses"]))  # profiled steps come after the timed ones
+        a, b = torch.tensor(base["losses"][:n]), torch.tensor(causal[0]["losses"][:n])
         rel = ((a - b).abs() / a.abs()).max().item()
         print(f"loss agreement hf-loop vs amylum-causal over {len(a)} steps: max relative difference {rel:.2e}")
         print("losses hf:", " ".join(f"{x:.4f}" for x in a.tolist()))

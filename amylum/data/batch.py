@@ -51,6 +51,10 @@ class BatchIndex:
     # mask is built (and validated) from them on the CPU, with no device-to-host reads.
     host_sample_ids: torch.Tensor | None = None
     host_segment_ids: torch.Tensor | None = None
+    # Device copies of the host-built attention mask specs (MaskSpec), by mask mode, kept by the
+    # first forward that needs one (amylum.attention.integration): a batch used twice copies its
+    # mask once, and a CUDA graph of the step reads them as static inputs (runtime/graph_step.py).
+    mask_specs: dict = field(default_factory=dict)
 
     @classmethod
     def from_batch(cls, batch: "MultimodalBatch") -> "BatchIndex":
@@ -71,6 +75,7 @@ class BatchIndex:
             {k: move(v) for k, v in self.modality_positions.items()},
             self.host_sample_ids,
             self.host_segment_ids,
+            {mode: spec.to(device, non_blocking) for mode, spec in self.mask_specs.items()},
         )
 
 

@@ -11,16 +11,16 @@ recomputed.
 On a GPU the per-chunk softmax, loss and logit gradient are one compiled function: it reads
 the chunk's bf16 logits and writes their bf16 gradient, instead of the half-dozen fp32 passes
 (upcast, log-sum-exp, softmax, one-hot subtraction, scaling, downcast) that eager code makes
-over a (chunk × vocabulary) array. The head's weight gradient is accumulated in fp32 by the
-matmul itself (``out_dtype``) rather than by a bf16 product, an upcast and an add.
+over a (chunk × vocabulary) array. Over several chunks the head's weight gradient is
+accumulated in fp32 by the matmul itself (``out_dtype``) rather than by a bf16 product, an
+upcast and an add. When all targets fit one chunk, the logit gradient is kept for backward
+instead, where one matmul makes the weight gradient already scaled by the incoming gradient.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from amylum.device_copy import to_device
 
 
 def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor,
@@ -75,6 +75,7 @@ def _forward_chunks(hidden, weight, bias, targets, denominator, chunk_size, scal
     b = bias.to(compute) if bias is not None else None
     grad_h = torch.empty_like(hidden) if need_h else None
     grad_w = grad_b = None
+    deferred = (None, None)  # (logit gradient, hidden rows) of a weight gradient left to backward
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
         h = hidden[start : start + chunk_size].to(compute)
@@ -91,7 +92,13 @@ def _forward_chunks(hidden, weight, bias, targets, denominator, chunk_size, scal
                 torch.mm(g, w, out=rows)
             else:  # fp32 hidden states under autocast: the product is cast on the copy
                 rows.copy_(g @ w)
-        if need_w:
+        if need_w and start == 0 and hidden.shape[0] <= chunk_size:
+            # One chunk: the weight gradient gᵀh is left to backward, which folds the incoming
+            # scalar into h (a [tokens × hidden] product) instead of scaling the finished
+            # [vocabulary × hidden] gradient (0.55 ms per step for Qwen2-1.5B on an H100), and its
+            # matmul rounds once to the weight's dtype, with no fp32 accumulator written and read.
+            deferred = (g, h)
+        elif need_w:
             grad_w = _accumulate_weight_grad(grad_w, g, h)
         if need_b:
             part = g.sum(0, dtype=torch.float32)
@@ -99,7 +106,7 @@ def _forward_chunks(hidden, weight, bias, targets, denominator, chunk_size, scal
     # Stored in the parameters' dtypes: backward only multiplies by the incoming scalar
     # (1 for a plain loss), so the fp32 accumulators need not outlive the forward.
     grads = (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-             grad_b.to(bias.dtype) if grad_b is not None else None)
+             grad_b.to(bias.dtype) if grad_b is not None else None, *deferred)
     return grads, total
 
 
@@ -116,23 +123,29 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grads, total = _forward_chunks(hidden, weight, bias, targets, denominator, chunk_size, scale, softcap,
                                            compute)
         ctx.save_for_backward(*grads)
+        ctx.weight_dtype = weight.dtype
         return total / denominator
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
+        grad_h, grad_w, grad_b, logit_grad, rows = ctx.saved_tensors
         dh = grad_h * grad_output.to(grad_h.dtype) if grad_h is not None else None
-        dw = grad_w * grad_output.to(grad_w.dtype) if grad_w is not None else None
+        if logit_grad is not None:  # one chunk: d(grad_output · loss)/dW = gᵀ (grad_output · h)
+            dw = (logit_grad.t() @ (rows * grad_output.to(rows.dtype))).to(ctx.weight_dtype)
+        else:
+            dw = grad_w * grad_output.to(grad_w.dtype) if grad_w is not None else None
         db = grad_b * grad_output.to(grad_b.dtype) if grad_b is not None else None
         return dh, dw, db, None, None, None, None, None
 
 
 def _on_device(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A float32 scalar on ``device``. A host number goes through pinned memory: a CUDA tensor made
-    straight from a Python number is a synchronous copy, and the host would wait for the GPU."""
+    """A float32 scalar on ``device``. A host number is written by a fill kernel that carries it
+    as an argument: ``torch.tensor(x, device=...)`` would be a synchronous copy (the host waits for
+    the GPU), and a copy from pinned memory would read host memory again at every replay of a
+    CUDA graph (runtime/graph_step.py), after that buffer has been freed and reused."""
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=torch.float32)
-    return to_device(torch.tensor(float(value), dtype=torch.float32), device)
+    return torch.full((), float(value), dtype=torch.float32, device=device)
 
 
 def fused_linear_cross_entropy(

@@ -17,7 +17,6 @@ from torch import nn
 
 from amylum.attention import attention_inputs, setup_llm_attention
 from amylum.data.batch import IGNORE_INDEX, BatchIndex, MultimodalBatch
-from amylum.device_copy import to_device
 from amylum.models.encoder import ModalityEncoder
 from amylum.models.loss import fused_linear_cross_entropy
 from amylum.models.modality import ModalityInputSpec
@@ -65,6 +64,9 @@ class MultimodalLM(nn.Module):
             collectives each step (DESIGN §4.4). The distributed runtime turns this on.
         loss_impl: ``"fused"`` (chunked LM head + cross-entropy on target positions only,
             ``models/loss.py``) or ``"hf"`` (the LLM's own ``labels`` path, full logits).
+        loss_chunk_size: target positions per chunk of the fused loss. 4,096 holds the GPU
+            benchmark's targets in one chunk (1.2 GB of bf16 logits for a 152k vocabulary), where
+            the head's weight gradient needs no fp32 accumulator (``models/loss.py``).
         validate_inputs: check, per sample, that placeholder tokens and encoder feature
             tokens agree before scattering (a host round-trip; the data path guarantees it
             too, so a tuned GPU step may switch it off).
@@ -80,7 +82,7 @@ class MultimodalLM(nn.Module):
         run_idle_encoders: bool = False,
         validate_inputs: bool = True,
         loss_impl: str = "fused",
-        loss_chunk_size: int = 2048,
+        loss_chunk_size: int = 4096,
     ) -> None:
         super().__init__()
         if mask_mode not in ("multimodal", "causal"):
@@ -148,6 +150,26 @@ class MultimodalLM(nn.Module):
                     f"{expected[rec]} {name} feature tokens from its items"
                 )
 
+    def _embed_tokens(self, embedding: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings; their weight gradient is sparse when the LM head shares the weight.
+
+        With tied weights (Qwen2-1.5B, the tiny presets) the head's dense gradient and the
+        lookup's gradient meet in autograd's buffer. The lookup's as a dense tensor is a zero-filled
+        vocabulary × hidden array plus a full-size add (0.67 ms per step for Qwen2-1.5B in an H100
+        profile); as rows of a sparse tensor it is added by index to a copy of the head's gradient,
+        with no zero-filled array (0.4 GiB less peak memory in bench/gpu_step.py). Only for a plain CUDA
+        ``nn.Embedding`` (no padding index: that would read the device) whose head is amylum's
+        fused loss, so the summed gradient stays dense for the optimizer."""
+        weight = getattr(embedding, "weight", None)
+        head = self.llm.get_output_embeddings()
+        if (
+            self.loss_impl == "fused" and type(embedding) is nn.Embedding and type(weight) is nn.Parameter
+            and weight.is_cuda and weight.requires_grad and head is not None and head.weight is weight
+            and embedding.padding_idx is None and embedding.max_norm is None and not embedding.scale_grad_by_freq
+        ):
+            return nn.functional.embedding(input_ids, weight, sparse=True)
+        return embedding(input_ids)
+
     def embed(self, batch: MultimodalBatch, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Token embeddings with every modality's projected features scattered into its positions.
 
@@ -161,7 +183,7 @@ class MultimodalLM(nn.Module):
         # Placeholder positions are overwritten below; masking their ids keeps them in range of
         # any vocabulary, so a tokenizer's placeholder tokens need no LLM embedding rows.
         input_ids = batch.input_ids.masked_fill(batch.kinds > 0, 0)
-        embeds = embedding(input_ids)
+        embeds = self._embed_tokens(embedding, input_ids)
         unknown = [m for m in batch.modalities if m not in self.encoders and not (features and m in features)]
         if unknown:
             raise ValueError(f"batch has modalities {unknown} but the model's encoders are {list(self.modalities)}")
@@ -198,8 +220,11 @@ class MultimodalLM(nn.Module):
                 raise ValueError(f"an item of {name} needs {max(lengths)} feature tokens but the encoder yields {per_item}")
             feats = feats.reshape(n_items * per_item, width)
             if min(lengths) < per_item:  # variable-length items (audio): keep each item's first tokens
-                keep = torch.cat([torch.arange(n) + j * per_item for j, n in enumerate(lengths)])
-                feats = feats.index_select(0, to_device(keep, feats.device))
+                # Made on the device from host numbers (one arange per item): no host-to-device
+                # copy, which a CUDA graph of the step could not replay (runtime/graph_step.py).
+                keep = torch.cat([torch.arange(j * per_item, j * per_item + n, device=feats.device)
+                                  for j, n in enumerate(lengths)])
+                feats = feats.index_select(0, keep)
             if batch.index is not None:
                 positions = batch.index.modality_positions[name]
             else:

@@ -48,7 +48,7 @@ def _frozen_cuda_encoder(model: nn.Module, name: str) -> nn.Module | None:
 
 
 def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = None, frozen_graphs: bool = False,
-                   **compile_kwargs) -> int:
+                   merge_matmuls: bool = False, **compile_kwargs) -> int:
     """``torch.compile`` every block in place (``nn.Module.compile``); returns how many modules were compiled.
 
     With ``frozen_graphs`` (and no mode or options chosen by the caller), a frozen encoder on a
@@ -63,7 +63,19 @@ def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = Non
     Off by default: it trained correctly in bench/gpu_step.py on an H200, but its effect on
     step time was not measured against the per-block compile, and `amylum train` (whose FLOP
     count runs the model under a dispatch mode) has not run with it.
+
+    With ``merge_matmuls`` each block's compiled graph gets amylum's matmul-merging pass
+    (``parallel/gemm_merge.py``: a GQA block's q/k/v projections, their weight gradients and
+    their input gradient, as one GEMM each); it cannot be combined with a ``mode``.
     """
+    if merge_matmuls:
+        if "mode" in compile_kwargs:
+            raise ValueError("merge_matmuls adds an inductor option, which torch.compile refuses with a mode")
+        from amylum.parallel.gemm_merge import MergeSharedOperandMatmuls
+
+        options = dict(compile_kwargs.pop("options", None) or {})
+        options["post_grad_custom_post_pass"] = MergeSharedOperandMatmuls()
+        compile_kwargs["options"] = options
     count = 0
     for name, blocks in component_blocks(model):
         if components is not None and name not in components:

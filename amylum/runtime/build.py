@@ -146,7 +146,8 @@ def build_run(cfg: Config) -> RunParts:
     if cfg.model.compile and device.type == "cuda":
         from amylum.parallel.blocks import compile_blocks
 
-        compile_blocks(model)  # per block: compile time of one layer; HF's control flow stays eager
+        # per block: compile time of one layer; HF's control flow stays eager
+        compile_blocks(model, merge_matmuls=cfg.model.merge_matmuls)
     specs = model.modality_specs()
     processor = MultimodalProcessor(tokenizer, specs, max_length=cfg.data.max_length, on_error=cfg.data.on_error)
     train = build_train_loader(cfg, MultimodalDataset(paths.train, processor), model)

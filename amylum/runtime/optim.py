@@ -14,7 +14,8 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device)
     """AdamW on parameters with ``requires_grad``; frozen ones get no optimizer state at all.
 
     Matrices decay, biases and norm scales (1-D tensors) do not: decaying a LayerNorm gain
-    towards zero only fights the normalisation. ``fused`` on GPU is one kernel per step.
+    towards zero only fights the normalisation. ``fused`` on GPU is one kernel per step;
+    ``training.adamw_kernel="triton"`` takes amylum's one-launch kernel (same update).
     """
     decay, no_decay = [], []
     for p in model.parameters():
@@ -26,6 +27,12 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device)
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ) if g["params"]]
+    if cfg.adamw_kernel == "triton":
+        if device.type != "cuda":
+            raise ValueError(f"training.adamw_kernel='triton' runs on CUDA devices only, not {device}")
+        from amylum.runtime.adamw_triton import TritonAdamW
+
+        return TritonAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda" or None
     )

@@ -8,13 +8,14 @@ from amylum.models.loss import fused_linear_cross_entropy
 from model_batches import build_batch, random_inputs
 
 
+@pytest.mark.parametrize("chunk", [8, 64])  # several chunks (fp32 weight-gradient accumulator); one chunk
 @pytest.mark.parametrize("softcap, scale, bias", [(None, 1.0, False), (5.0, 0.5, True)])
-def test_fused_loss_matches_full_logits(softcap, scale, bias):
+def test_fused_loss_matches_full_logits(softcap, scale, bias, chunk):
     torch.manual_seed(0)
     head = nn.Linear(16, 50, bias=bias)
     hidden = torch.randn(37, 16, requires_grad=True)
     targets = torch.randint(0, 50, (37,))
-    loss = fused_linear_cross_entropy(hidden, head, targets, denominator=40, chunk_size=8, scale=scale, softcap=softcap)
+    loss = fused_linear_cross_entropy(hidden, head, targets, denominator=40, chunk_size=chunk, scale=scale, softcap=softcap)
     (loss * 3).backward()
     got = (hidden.grad.clone(), head.weight.grad.clone())
     hidden.grad = None
