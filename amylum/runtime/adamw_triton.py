@@ -3,8 +3,8 @@
 Why: in the VLM step of ``bench/gpu_step.py`` (Qwen2-1.5B trainable, bf16) torch's fused AdamW
 moves 21.7 GB per step at about 2.3 TB/s on an H100, 9.6 ms of a ~140 ms step. Its
 multi-tensor launcher splits the 342 tensors into many launches of fixed 65,536-element
-chunks. One launch whose programs each own 8,192 contiguous elements of one tensor ran the
-same update at 2.8 TB/s (docs/BENCHMARKS.md, issue 5).
+chunks. One launch whose programs each own 4,096 contiguous elements of one tensor ran the
+same update at 2.8 TB/s (bench/adamw_kernel.py; docs/BENCHMARKS.md, issue 5).
 
 The update is torch's AdamW, operation for operation (fp32 arithmetic, values stored back in
 each tensor's own dtype): ``p -= lr·wd·p``; ``m = β1·m + (1-β1)·g``; ``v = β2·v + (1-β2)·g²``;
@@ -15,18 +15,23 @@ it (runtime/graph_step.py); a learning rate that changes between replays must th
 0-dim CUDA tensor.
 
 The kernel's tables (which tensor and offset each program updates, and the tensors'
-addresses) are built on the host and kept while the tensors keep their addresses: gradients
-re-allocated at the same addresses (the caching allocator's usual case) cost no rebuild.
+addresses) are built on the host and kept while the parameters and gradients keep their
+addresses: gradients re-allocated at the same addresses (the caching allocator's usual case)
+cost no rebuild.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 
-BLOCK = 8192  # elements per program; with 16 warps: 2.8 TB/s on an H100 (bench, session 5)
-NUM_WARPS = 16
+# Elements per program and warps per program: 4,096 × 8 ran at 2.78 TB/s on an H100, 8,192 × 16
+# at 2.50 (bench/adamw_kernel.py, session 6; a bf16 copy ran at 2.99).
+BLOCK = 4096
+NUM_WARPS = 8
 
 
 def triton_available() -> bool:
@@ -37,8 +42,16 @@ def triton_available() -> bool:
     return True
 
 
+def _interpreting() -> bool:
+    """Triton's interpreter (``TRITON_INTERPRET=1``) runs the kernel on CPU tensors: for tests."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
 def _kernel():
-    """The Triton kernel, defined on first use: importing this module must not need Triton."""
+    """The Triton kernel, defined on first use (importing this module must not need Triton) and
+    then kept: a new definition at every step cost 7 ms of host time per step (its source is
+    parsed and hashed again)."""
     import triton
     import triton.language as tl
 
@@ -133,12 +146,13 @@ def aligned(tensors: tuple) -> bool:
 def adamw_update(tensors: tuple[list, list, list, list, list], *, lr, beta1: float, beta2: float, eps: float,
                  weight_decay: float, tables: _Tables | None = None, is_aligned: bool = False) -> _Tables:
     """One AdamW update of (params, grads, exp_avgs, exp_avg_sqs, steps) (steps already advanced),
-    as one launch; returns the tables it used, to pass back while the tensors keep their addresses.
+    as one launch; returns the tables it used. Pass them back only while every tensor keeps its
+    address (the caller checks: reading 1,700 addresses costs more host time than the launch).
     Tensors of one call share their dtypes (params, grads, states). ``is_aligned``: every
     parameter's tensors pass :func:`aligned` (the kernel then uses 16-byte accesses)."""
     params, grads, exp_avgs, exp_avg_sqs, steps = tensors
-    key = tuple(tuple(t.data_ptr() for t in ts) for ts in tensors)
-    if tables is None or tables.key != key:
+    if tables is None:
+        key = tuple(tuple(t.data_ptr() for t in ts) for ts in tensors)
         tables = _Tables(key, [p.numel() for p in params], params[0].device)
     lr_from_ptr = isinstance(lr, torch.Tensor)
     _kernel()[(tables.programs,)](
@@ -164,7 +178,14 @@ class TritonAdamW(torch.optim.AdamW):
         if not triton_available():
             raise RuntimeError("TritonAdamW needs the triton package (it ships with CUDA builds of torch)")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, capturable=True)
-        self._tables: dict[tuple, _Tables] = {}  # per (group, dtypes): kept while addresses hold
+        # Per group: the (param, grad) addresses it was made for, and per launch its tensors and
+        # tables. A step whose addresses match (the caching allocator hands gradients the same
+        # memory each step) reuses it: its host work is then one address read per tensor.
+        self._plans: dict[int, tuple] = {}
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        self._plans.clear()  # new state tensors, new addresses
 
     def _group_tensors(self, group):
         """Parameters with gradients, their states (created as torch's AdamW creates them), by dtypes
@@ -173,7 +194,7 @@ class TritonAdamW(torch.optim.AdamW):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if not p.is_cuda or p.grad.is_sparse or p.is_complex():
+            if not (p.is_cuda or _interpreting()) or p.grad.is_sparse or p.is_complex():
                 raise ValueError(
                     f"TritonAdamW updates dense real CUDA tensors only; got a parameter on {p.device} "
                     f"(sparse grad: {p.grad.is_sparse}, complex: {p.is_complex()})")
@@ -201,11 +222,21 @@ class TritonAdamW(torch.optim.AdamW):
             with torch.enable_grad():
                 loss = closure()
         for gi, group in enumerate(self.param_groups):
+            key = tuple((p.data_ptr(), p.grad.data_ptr()) if p.grad is not None else None for p in group["params"])
+            plan = self._plans.get(gi)
+            if plan is None or plan[0] != key:
+                # The plan keeps no gradient: holding one would keep its memory alive after
+                # zero_grad(set_to_none=True) (3 GB more peak memory for Qwen2-1.5B, seen on an H100).
+                launches = {dtypes: [(params, exp_avgs, exp_avg_sqs, steps), None]
+                            for dtypes, (params, _, exp_avgs, exp_avg_sqs, steps) in self._group_tensors(group).items()}
+                plan = (key, launches)
+                self._plans[gi] = plan
             beta1, beta2 = group["betas"]
-            for dtypes, tensors in self._group_tensors(group).items():
-                torch._foreach_add_(tensors[4], 1.0)
-                key = (gi, dtypes)
-                self._tables[key] = adamw_update(
-                    tensors, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                    weight_decay=group["weight_decay"], tables=self._tables.get(key), is_aligned=dtypes[3])
+            for dtypes, entry in plan[1].items():
+                (params, exp_avgs, exp_avg_sqs, steps), tables = entry
+                torch._foreach_add_(steps, 1.0)
+                entry[1] = adamw_update(
+                    (params, [p.grad for p in params], exp_avgs, exp_avg_sqs, steps), lr=group["lr"], beta1=beta1,
+                    beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], tables=tables,
+                    is_aligned=dtypes[3])
         return loss

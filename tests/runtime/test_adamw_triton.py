@@ -120,3 +120,44 @@ def test_the_trainer_takes_it_only_on_a_gpu():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="CUDA devices only"):
         build_optimizer(model, TrainingConfig(adamw_kernel="triton"), torch.device("cpu"))
+
+
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs CUDA, or Triton's interpreter")
+def test_the_optimizer_keeps_no_gradient_alive():
+    import weakref
+
+    from amylum.runtime.adamw_triton import TritonAdamW
+
+    params, grads = _tensors(3, SHAPES, torch.float32, "cuda" if torch.cuda.is_available() else "cpu")
+    ps = [torch.nn.Parameter(p) for p in params]
+    opt = TritonAdamW(ps, lr=1e-3)
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    opt.step()
+    watched = weakref.ref(ps[1].grad)
+    opt.zero_grad(set_to_none=True)
+    assert watched() is None
+
+
+@needs_triton
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU run of the kernel needs TRITON_INTERPRET=1")
+def test_the_optimizer_follows_new_gradients_in_the_interpreter():
+    """Gradients re-made every step (new tensors, maybe new addresses): the kept launch plan is
+    used only while the addresses match, and the result is torch's AdamW."""
+    from amylum.runtime.adamw_triton import TritonAdamW
+
+    params, grads = _tensors(4, SHAPES, torch.float32, "cpu")
+    expected, _, _ = _reference(params, grads, 3, 1e-2, 0.1, fused=False)
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = TritonAdamW(ps, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95))
+    keep = []
+    for step in range(3):
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        keep.append([p.grad for p in ps][:1] if step == 1 else [])  # a held gradient forces new addresses
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for p, want in zip(ps, expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
