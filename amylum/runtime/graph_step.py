@@ -197,8 +197,7 @@ class GraphedTrainStep:
     def __call__(self, batch: MultimodalBatch) -> torch.Tensor:
         device = next(p.device for group in self.optimizer.param_groups for p in group["params"])
         batch = self._device_batch(batch, device)
-        self.steps += 1
-        if self.steps <= self.warmup:
+        if self.steps < self.warmup:
             side = torch.cuda.Stream() if device.type == "cuda" else None
             if side is not None:
                 side.wait_stream(torch.cuda.current_stream())
@@ -207,6 +206,7 @@ class GraphedTrainStep:
                 self.optimizer.zero_grad(set_to_none=True)
             if side is not None:
                 torch.cuda.current_stream().wait_stream(side)
+            self.steps += 1
             if self.steps == self.warmup:
                 self._static = _owned_copy(batch)  # its index keeps the device mask specs the forward used
                 self._signature = batch_signature(batch)
@@ -222,7 +222,8 @@ class GraphedTrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             self._replay = self._capture(step)
         else:
-            self._refresh(batch)
+            self._refresh(batch)  # a batch of another layout is refused here, before any step is counted
         self._replay()
+        self.steps += 1
         return self._loss.clone()
 

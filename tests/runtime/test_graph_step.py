@@ -104,6 +104,7 @@ def test_a_batch_of_another_layout_is_refused_by_name():
     longer = _batches(model, 1, text=28)[0]
     with pytest.raises(ValueError, match=r"captured with \(index\.target_labels: captured \(\(48,\)"):
         step(longer)
+    assert step.steps == 2  # the refused batch was not a step
 
 
 def test_signature_names_what_a_graph_freezes():
