@@ -124,22 +124,37 @@ def build_train_loader(cfg: Config, dataset, model: nn.Module, rank: int = 0, wo
                            work=dataset.work_table(coef), profile=profile)
 
 
-def build_run(cfg: Config) -> RunParts:
+def check_flex_is_compiled(cfg: Config, device: torch.device, *, compiled: bool) -> None:
+    """Refuse a flex attention backend on CUDA when the model's blocks will not be compiled.
+
+    Seen on an H100 (torch 2.11, 2026-11-25): eager model code calling the compiled
+    FlexAttention kernel under the trainer's bf16 autocast fails inside inductor
+    (NoValidChoicesError); inside compiled blocks the same backend trains. Under torchrun the
+    failure would come at the first step on every rank, so it is refused before any group starts.
+    """
     from amylum.attention import resolve_backend
+
+    if device.type != "cuda" or compiled or resolve_backend(cfg.model.attention) not in ("flex", "flex-flash"):
+        return
+    if cfg.model.compile:  # asked for, but this path does not compile (torchrun runs)
+        raise ValueError(
+            f"model.attention={cfg.model.attention!r} on CUDA runs only from compiled blocks, and torchrun runs do "
+            "not compile blocks yet (model.compile is for one process); use model.attention='reference' or 'hf'"
+        )
+    raise ValueError(
+        f"model.attention={cfg.model.attention!r} on CUDA needs model.compile=true (FlexAttention is run from "
+        "compiled blocks); or use model.attention='reference'"
+    )
+
+
+def build_run(cfg: Config) -> RunParts:
     from amylum.data.dataset import MultimodalDataset
     from amylum.data.processor import MultimodalProcessor
     from amylum.data.tokenizer import load_tokenizer
     from amylum.runtime.evaluation import make_evaluator
 
     device = resolve_device(cfg)
-    if device.type == "cuda" and not cfg.model.compile and resolve_backend(cfg.model.attention) in ("flex", "flex-flash"):
-        # Seen on an H100 (torch 2.11, 2026-11-25): eager model code calling the compiled
-        # FlexAttention kernel under the trainer's bf16 autocast fails inside inductor
-        # (NoValidChoicesError); inside compiled blocks the same backend trains.
-        raise ValueError(
-            f"model.attention={cfg.model.attention!r} on CUDA needs model.compile=true (FlexAttention is run from "
-            "compiled blocks); or use model.attention='reference'"
-        )
+    check_flex_is_compiled(cfg, device, compiled=cfg.model.compile)
     paths = prepare_data(cfg)
     tokenizer = load_tokenizer(paths.tokenizer)
     model = build_model(cfg, vocab_size=len(tokenizer), device=device)

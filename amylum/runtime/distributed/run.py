@@ -36,12 +36,13 @@ def _quiet(_: str) -> None:
 def train_distributed(cfg: Config, *, stop_after: int | None = None, log: Callable[[str], None] = print,
                       env: LaunchEnv | None = None) -> dict[str, Any]:
     """Run (or resume) ``cfg`` as one rank of a torchrun job; returns the summary (rank 0 writes it)."""
-    from amylum.runtime.build import check_config
+    from amylum.runtime.build import check_config, check_flex_is_compiled
 
     started = time.perf_counter()
     check_config(cfg)
     env = env or LaunchEnv.from_environ()
     device = rank_device(cfg.job.device, env.local_rank)
+    check_flex_is_compiled(cfg, device, compiled=False)  # stages and shards are not compiled here
     checked = resolve_plan(cfg, env.world_size, env.local_world_size, device.type)  # LayoutError: no group yet
     # FSDP warns when a stage returns a view (encoder outputs are reshapes): harmful only if the
     # caller modified it in place, and the executor never does (it sends a copy or backprops it).
