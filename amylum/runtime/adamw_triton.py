@@ -4,7 +4,8 @@ Why: in the VLM step of ``bench/gpu_step.py`` (Qwen2-1.5B trainable, bf16) torch
 moves 21.7 GB per step at about 2.3 TB/s on an H100, 9.6 ms of a ~140 ms step. Its
 multi-tensor launcher splits the 342 tensors into many launches of fixed 65,536-element
 chunks. One launch whose programs each own 4,096 contiguous elements of one tensor ran the
-same update at 2.8 TB/s (bench/adamw_kernel.py; docs/BENCHMARKS.md, issue 5).
+same update at 2.96 TB/s, against 2.23 for torch's (bench/adamw_kernel.py; docs/BENCHMARKS.md,
+issue 5).
 
 The update is torch's AdamW, operation for operation (fp32 arithmetic, values stored back in
 each tensor's own dtype): ``p -= lr·wd·p``; ``m = β1·m + (1-β1)·g``; ``v = β2·v + (1-β2)·g²``;
@@ -28,8 +29,8 @@ import os
 
 import torch
 
-# Elements per program and warps per program: 4,096 × 8 ran at 2.78 TB/s on an H100, 8,192 × 16
-# at 2.50 (bench/adamw_kernel.py, session 6; a bf16 copy ran at 2.99).
+# Elements per program and warps per program: 4,096 × 8 ran at 2.96 TB/s on an H100, 8,192 × 16
+# at 2.64 (bench/adamw_kernel.py, session 6; a bf16 copy of the same elements ran at 3.01).
 BLOCK = 4096
 NUM_WARPS = 8
 
