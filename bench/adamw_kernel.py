@@ -10,16 +10,17 @@ bytes per bf16 element), and the host time to issue one step.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import amylum.runtime.adamw_triton as adamw_triton  # noqa: E402
+from step_parts import cuda_ms  # noqa: E402
 
 
 def qwen2_1p5b_shapes() -> list[tuple[int, ...]]:
@@ -68,15 +69,7 @@ def main() -> None:
         print(f"  {f'TritonAdamW BLOCK {block}, {warps} warps':<34} {ms:7.2f}  {traffic / ms / 1e9:5.2f}  {host:6.2f}")
     copy_src = torch.empty(elements, device="cuda", dtype=torch.bfloat16)
     copy_dst = torch.empty_like(copy_src)
-    reps = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        copy_dst.copy_(copy_src)
-        b.record()
-        torch.cuda.synchronize()
-        reps.append(a.elapsed_time(b))
-    ms = statistics.median(reps)
+    ms = cuda_ms(lambda: copy_dst.copy_(copy_src), reps=5)
     print(f"  {'reference: one bf16 copy':<34} {ms:7.2f}  {4 * elements / ms / 1e9:5.2f}")
 
 

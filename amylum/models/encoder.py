@@ -91,6 +91,7 @@ class ModalityEncoder(nn.Module):
         self.encoder = _unwrap_audio_encoder(encoder)
         self.projector = projector
         self.feature_layer = feature_layer
+        self.output_in_graph_pool = False  # set by compile_blocks(frozen_graphs=True)
         model_type = getattr(getattr(self.encoder, "config", None), "model_type", None)
         self.num_prefix_tokens = _PREFIX_TOKENS.get(model_type, 0) if num_prefix_tokens is None else num_prefix_tokens
         if input_spec is None:
@@ -174,9 +175,9 @@ class ModalityEncoder(nn.Module):
                 feats = out.hidden_states[self.feature_layer]
         if feats.dim() != 3:
             raise ValueError(f"encoder {type(self.encoder).__name__} returned shape {tuple(feats.shape)}, expected (N, T, H)")
-        if feats.is_cuda and not self.encoder_trainable():
-            # A frozen encoder may replay as a CUDA graph (parallel.blocks.compile_blocks), whose
-            # output the next replay overwrites; the projector keeps its input for backward.
+        if self.output_in_graph_pool:
+            # The encoder replays as a CUDA graph (parallel.blocks.compile_blocks), whose output
+            # the next replay overwrites; the projector keeps its input for backward.
             feats = feats.clone()
         if self.num_prefix_tokens:
             feats = feats[:, self.num_prefix_tokens :]

@@ -59,7 +59,8 @@ def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = Non
     compiled blocks took more host time than GPU time. Whole, not per block: between graphs
     of a no-grad forward, each replay may reuse the memory of the previous graph's outputs.
     The encoder's output lives in the graph's pool until the next replay, so the encoder
-    branch copies it (``ModalityEncoder.encode``) before the projector keeps it for backward.
+    branch is told to copy it (``ModalityEncoder.output_in_graph_pool``) before the projector
+    keeps it for backward; an encoder not replayed as a graph is not copied.
     Off by default: it trained correctly in bench/gpu_step.py on an H200, but its effect on
     step time was not measured against the per-block compile, and `amylum train` (whose FLOP
     count runs the model under a dispatch mode) has not run with it.
@@ -80,11 +81,13 @@ def compile_blocks(model: nn.Module, *, components: tuple[str, ...] | None = Non
     for name, blocks in component_blocks(model):
         if components is not None and name not in components:
             continue
-        whole = None
-        if frozen_graphs and "mode" not in compile_kwargs and "options" not in compile_kwargs:
-            whole = _frozen_cuda_encoder(model, name)
+        whole = _frozen_cuda_encoder(model, name) if frozen_graphs and "mode" not in compile_kwargs else None
         if whole is not None:
+            if "options" in compile_kwargs:
+                raise ValueError("frozen_graphs compiles with mode='reduce-overhead', which torch.compile refuses "
+                                 "together with options (merge_matmuls adds one): choose one of them")
             whole.compile(mode="reduce-overhead", **compile_kwargs)
+            model.encoders[name].output_in_graph_pool = True
             count += 1
             continue
         for block in blocks:

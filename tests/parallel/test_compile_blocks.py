@@ -30,6 +30,24 @@ def test_cpu_blocks_compile_one_by_one_without_cuda_graphs(monkeypatch):
     assert {kw["mode"] for _, kw in seen} == {"max-autotune-no-cudagraphs"}  # the caller's mode wins
 
 
+def test_a_graphed_encoder_copies_its_output_and_refuses_other_options(monkeypatch):
+    """Only an encoder replayed as a graph copies its output (the next replay overwrites it); the
+    graph's mode cannot take the matmul-merging option, so asking for both is an error."""
+    import amylum.parallel.blocks as blocks
+
+    seen = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: seen.append((type(self).__name__, kw)))
+    monkeypatch.setattr(blocks, "_frozen_cuda_encoder",  # stands in for a frozen encoder on a GPU
+                        lambda model, name: model.encoders[name].encoder if name in model.encoders else None)
+    model = _tiny()
+    assert not any(branch.output_in_graph_pool for branch in model.encoders.values())
+    compile_blocks(model, frozen_graphs=True)
+    assert all(branch.output_in_graph_pool for branch in model.encoders.values())
+    assert [kw for _, kw in seen if kw.get("mode") == "reduce-overhead"]
+    with pytest.raises(ValueError, match="choose one of them"):
+        compile_blocks(_tiny(), frozen_graphs=True, merge_matmuls=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_frozen_encoder_graph_trains_like_eager():
     """Three training steps with the frozen encoder replayed as a CUDA graph equal eager ones."""
