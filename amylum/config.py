@@ -69,6 +69,11 @@ class ModelConfig:
         "q/k/v projections and their gradients become one GEMM each; parallel/gemm_merge.py).",
         default=True,
     )
+    last_block_targets_only: bool = _help(
+        "The LLM's last block runs its MLP only on the rows the loss reads (answer tokens); the loss and "
+        "gradients are unchanged. Off for an LLM whose MLP mixes rows. models/target_rows.py.",
+        default=True,
+    )
 
 
 @dataclass

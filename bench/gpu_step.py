@@ -141,11 +141,52 @@ def kernel_time(prof, steps: int, keep: Path | None = None) -> tuple[float, floa
     span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
     by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for e in kernels:
-        entry = by_name[e.get("name", "?")[:90]]
+        entry = by_name[e.get("name", "?")[:160]]
         entry[0] += e["dur"] / 1e3 / steps
         entry[1] += 1 / steps
     top = sorted(((name, ms, n) for name, (ms, n) in by_name.items()), key=lambda t: -t[1])
     return total / 1e3 / steps, total / span, top
+
+
+# Kernel families by name, first match wins: where a step's GPU time goes, at a glance.
+KERNEL_FAMILIES = (
+    ("memset", ("Memset",)), ("copy", ("Memcpy",)),
+    ("attention bwd", ("flash_bwd", "FlashAttentionBackward", "attention_backward", "flash_attncuteflash_bwd")),
+    ("attention", ("flash", "attention", "fmha")),
+    ("optimizer", ("adamw", "multi_tensor_apply")),
+    ("matmul", ("nvjet", "gemm", "xmma", "cutlass", "splitK")),
+    ("compiled (triton)", ("triton_",)),
+)
+
+
+def kernel_family(name: str) -> str:
+    return next((f for f, keys in KERNEL_FAMILIES if any(k.lower() in name.lower() for k in keys)), "other")
+
+
+def kernel_families(top: list[tuple[str, float, float]]) -> dict[str, tuple[float, float]]:
+    """(ms per step, launches per step) by family of ``kernel_time``'s per-name list."""
+    out: dict[str, list[float]] = {}
+    for name, ms, n in top:
+        entry = out.setdefault(kernel_family(name), [0.0, 0.0])
+        entry[0] += ms
+        entry[1] += n
+    return {f: (ms, n) for f, (ms, n) in sorted(out.items(), key=lambda kv: -kv[1][0])}
+
+
+def op_table(model, batch, rows: int, label: str) -> None:
+    """One eager forward + backward under the profiler: the aten ops by GPU time, with their input
+    shapes (which op launched which kernel; a CUDA-graph replay shows kernels only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        model(batch).loss.backward()
+        torch.cuda.synchronize()
+    model.zero_grad(set_to_none=True)
+    ops = [e for e in prof.key_averages(group_by_input_shape=True) if e.key.startswith("aten::")]
+    ops.sort(key=lambda e: -e.self_device_time_total)
+    print(f"{label}: aten ops of one eager step by GPU time (self), with input shapes:")
+    for e in ops[:rows]:
+        print(f"    {e.self_device_time_total / 1e3:7.2f} ms {e.count:5d}×  {e.key:<28} {str(e.input_shapes)[:150]}")
 
 
 def build(preset: str, device: str, dtype, backend: str, mask_mode: str, train_llm: bool, seed: int):
@@ -176,7 +217,7 @@ def hf_loop_step(model, batch: MultimodalBatch):
 
 
 def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph=False, optimizer="fused",
-            merge=False):
+            merge=False, prune=True, combo=False):
     preset, *_rest, train_llm = PRESETS[args.preset]
     device, dtype = ("cpu", torch.float32) if args.cpu_smoke else ("cuda", torch.bfloat16)
     if device == "cuda":
@@ -185,9 +226,12 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, gr
     model = build(preset, device, dtype, backend, mask_mode, train_llm, args.seed)
     if amylum_path:
         model.validate_inputs = False
+        model.last_block_targets_only = prune  # the last block's MLP on the loss's rows only (models/target_rows.py)
         if not args.no_compile:
             options = dict(kv.split("=", 1) for kv in args.compile_option)
             options = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in options.items()}
+            if combo:  # inductor's horizontal fusion: independent small kernels of a block share one launch
+                options["combo_kernels"] = True
             compile_blocks(model, frozen_graphs=args.frozen_graph, merge_matmuls=merge,
                            **({"mode": args.compile_mode} if args.compile_mode else {}),
                            **({"options": options} if options else {}))
@@ -245,8 +289,15 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, gr
             print(f"{label}: GPU work {k_ms:.1f} ms/step ({sum(n for _, _, n in top):.0f} kernels, memsets and "
                   f"copies per step, {memsets:.0f} memsets, {copies:.0f} copies), busy {busy:.0%} of the profiled "
                   "span; largest:", flush=True)
+            print("  by family: " + ", ".join(f"{f} {ms:.1f} ms ({n:.0f})" for f, (ms, n) in kernel_families(top).items()))
             for name, k, n in top[:args.kernel_time]:
                 print(f"    {k:7.2f} ms {n:5.0f}×  {name}", flush=True)
+            if args.kernel_list:
+                with open(args.kernel_list, "a") as f:
+                    f.write(f"# {label}: GPU work {k_ms:.2f} ms/step\n")
+                    f.writelines(f"{k:9.4f} ms {n:6.1f}×  {kernel_family(name):<18} {name}\n" for name, k, n in top)
+        if args.op_table and amylum_path and not graph:
+            op_table(model, batch, args.op_table, label)
     else:
         ms = (time.perf_counter() - start) * 1000 / args.steps
         peak = float("nan")
@@ -279,8 +330,8 @@ def main() -> None:
     ap.add_argument("--backend", default="fast", help="amylum attention backend for the target row")
     ap.add_argument("--extra-backend", action="append", default=[],
                     help="also time the multimodal row with this attention backend (repeatable), e.g. flex; "
-                         "suffixes +graph / +eager, +triton / +fused and +merge / +nomerge override --graph, "
-                         "--optimizer and --merge-matmuls for that row")
+                         "suffixes +graph / +eager, +triton / +fused, +merge / +nomerge and +prune / +noprune "
+                         "override --graph, --optimizer, --merge-matmuls and --no-prune for that row")
     ap.add_argument("--merge-matmuls", action="store_true",
                     help="amylum rows: merge matmuls sharing an input in the compiled blocks (parallel/gemm_merge.py)")
     ap.add_argument("--loss-chunk", type=int, default=0, help="amylum rows: the fused loss's chunk (default: the model's)")
@@ -289,6 +340,10 @@ def main() -> None:
     ap.add_argument("--graph", action="store_true",
                     help="amylum rows replay the whole step as one CUDA graph (amylum.runtime.graph_step)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--combo-kernels", action="store_true",
+                    help="amylum rows: compile the blocks with inductor's combo_kernels (fewer, horizontally fused launches)")
+    ap.add_argument("--no-prune", action="store_true",
+                    help="amylum rows: the last block's MLP runs on every row (default: on the loss's rows only)")
     ap.add_argument("--frozen-graph", action="store_true",
                     help="compile a frozen encoder whole as one CUDA graph (amylum.parallel.blocks.compile_blocks)")
     ap.add_argument("--compile-option", action="append", default=[], metavar="KEY=VALUE",
@@ -296,6 +351,10 @@ def main() -> None:
     ap.add_argument("--compile-mode", help="torch.compile mode for the blocks, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--kernel-time", type=int, default=0, metavar="N",
                     help="after timing each amylum row, profile 3 steps: GPU time per step and its N largest kernels")
+    ap.add_argument("--op-table", type=int, default=0, metavar="N",
+                    help="non-graph amylum rows: profile one eager step and print its N costliest aten ops with shapes")
+    ap.add_argument("--kernel-list", metavar="PATH",
+                    help="with --kernel-time: append every kernel of each profiled row (ms and launches per step) to PATH")
     ap.add_argument("--skip-causal", action="store_true", help="skip the loss-agreement row")
     ap.add_argument("--cpu-smoke", action="store_true")
     args = ap.parse_args()
@@ -315,30 +374,35 @@ def main() -> None:
           f"{resolve_backend(args.backend)!r}", flush=True)
     if (args.graph or args.optimizer == "triton") and args.cpu_smoke:
         sys.exit("--graph and --optimizer triton need CUDA")
-    def row_tag(graph, optimizer, merge):
-        return "+".join(t for t, on in (("graph", graph), ("triton", optimizer == "triton"), ("merge", merge)) if on)
+    def row_tag(graph, optimizer, merge, prune, combo):
+        return "+".join(t for t, on in (("graph", graph), ("triton", optimizer == "triton"), ("merge", merge),
+                                        ("noprune", not prune), ("combo", combo)) if on)
 
-    main = (args.graph, args.optimizer, args.merge_matmuls)
+    main = (args.graph, args.optimizer, args.merge_matmuls, not args.no_prune, args.combo_kernels)
     tag = f" [{row_tag(*main)}]" if row_tag(*main) else ""
-    variants = [("hf-loop", "hf", "causal", False, (False, "fused", False))]
+    variants = [("hf-loop", "hf", "causal", False, (False, "fused", False, False, False))]
     if not args.skip_causal:
         variants.append((f"amylum-causal{tag}", args.backend, "causal", True, main))
     variants.append((f"amylum{tag}", args.backend, "multimodal", True, main))
     for extra in args.extra_backend:
         name, *flags = extra.split("+")
-        unknown = set(flags) - {"graph", "eager", "triton", "fused", "merge", "nomerge"}
+        known = {"graph", "eager", "triton", "fused", "merge", "nomerge", "prune", "noprune", "combo", "nocombo"}
+        unknown = set(flags) - known
         if unknown:
-            sys.exit(f"--extra-backend {extra!r}: unknown suffix {sorted(unknown)} (graph, eager, triton, fused, merge, nomerge)")
+            sys.exit(f"--extra-backend {extra!r}: unknown suffix {sorted(unknown)} ({', '.join(sorted(known))})")
         graph = "graph" in flags or ("eager" not in flags and args.graph)
         optimizer = "triton" if "triton" in flags else "fused" if "fused" in flags else args.optimizer
         merge = "merge" in flags or ("nomerge" not in flags and args.merge_matmuls)
-        tag = row_tag(graph, optimizer, merge)
-        variants.append((f"amylum [{name}{'+' + tag if tag else ''}]", name, "multimodal", True, (graph, optimizer, merge)))
+        prune = "prune" in flags or ("noprune" not in flags and not args.no_prune)
+        combo = "combo" in flags or ("nocombo" not in flags and args.combo_kernels)
+        tag = row_tag(graph, optimizer, merge, prune, combo)
+        variants.append((f"amylum [{name}{'+' + tag if tag else ''}]", name, "multimodal", True,
+                         (graph, optimizer, merge, prune, combo)))
     results = []
-    for label, backend, mask_mode, amylum_path, (graph, optimizer, merge) in variants:
+    for label, backend, mask_mode, amylum_path, (graph, optimizer, merge, prune, combo) in variants:
         try:
             results.append(run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph, optimizer,
-                                   merge))
+                                   merge, prune, combo))
         except Exception as exc:  # one failing variant must not cost the others' measurements
             if not results:
                 raise

@@ -20,6 +20,7 @@ from amylum.data.batch import IGNORE_INDEX, BatchIndex, MultimodalBatch
 from amylum.models.encoder import ModalityEncoder
 from amylum.models.loss import fused_linear_cross_entropy
 from amylum.models.modality import ModalityInputSpec
+from amylum.models.target_rows import TargetRowsFeedForward
 
 
 @dataclass
@@ -70,6 +71,9 @@ class MultimodalLM(nn.Module):
         validate_inputs: check, per sample, that placeholder tokens and encoder feature
             tokens agree before scattering (a host round-trip; the data path guarantees it
             too, so a tuned GPU step may switch it off).
+        last_block_targets_only: with the fused loss, the LLM's last block runs its MLP only
+            on the rows the loss reads (``models/target_rows.py``); the loss and every
+            gradient are unchanged.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class MultimodalLM(nn.Module):
         validate_inputs: bool = True,
         loss_impl: str = "fused",
         loss_chunk_size: int = 4096,
+        last_block_targets_only: bool = True,
     ) -> None:
         super().__init__()
         if mask_mode not in ("multimodal", "causal"):
@@ -97,6 +102,8 @@ class MultimodalLM(nn.Module):
             raise ValueError(f"loss_impl must be 'fused' or 'hf', got {loss_impl!r}")
         self.loss_impl, self.loss_chunk_size = loss_impl, loss_chunk_size
         self._logit_transform = _logit_transform(llm)
+        self.last_block_targets_only = last_block_targets_only
+        self._target_rows = TargetRowsFeedForward.attach(llm)
         hidden = llm_hidden_size(llm)
         for name, enc in self.encoders.items():
             if not isinstance(enc, ModalityEncoder):
@@ -261,8 +268,14 @@ class MultimodalLM(nn.Module):
                 num_items_in_batch=num_items_in_batch, use_cache=False, **attn,
             )
             return MultimodalOutput(loss=out.loss, logits=out.logits, num_target_tokens=num_targets)
-        states = self.decode(embeds, batch, attn)
-        return self.loss_from_states(states, batch, num_items_in_batch=num_items_in_batch)
+        index = batch.index if batch.index is not None else BatchIndex.from_batch(batch)
+        pruned = self._target_rows is not None and self.last_block_targets_only and self._target_rows.usable()
+        if pruned:
+            with self._target_rows.only(index.target_positions, embeds.shape[:2]):
+                states = self.decode(embeds, batch, attn)
+        else:
+            states = self.decode(embeds, batch, attn)
+        return self._loss_at(states, index, num_items_in_batch)
 
     def decode(self, embeds: torch.Tensor, batch: MultimodalBatch, attn: dict | None = None) -> torch.Tensor:
         """The LLM's decoder (its own forward, whatever layers it holds) → hidden states."""
@@ -276,6 +289,9 @@ class MultimodalLM(nn.Module):
     ) -> MultimodalOutput:
         """Fused LM head + cross-entropy on the target positions of final hidden states."""
         index = batch.index if batch.index is not None else BatchIndex.from_batch(batch)
+        return self._loss_at(states, index, num_items_in_batch)
+
+    def _loss_at(self, states: torch.Tensor, index: BatchIndex, num_items_in_batch) -> MultimodalOutput:
         hidden = states.reshape(-1, states.shape[-1]).index_select(0, index.target_positions)
         count = index.target_positions.shape[0]  # a host int: no sync
         loss = fused_linear_cross_entropy(

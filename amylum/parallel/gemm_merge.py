@@ -203,6 +203,17 @@ def _merge_sum(graph: torch.fx.Graph, root: torch.fx.Node) -> bool:
     return True
 
 
+def _operand_key(node):
+    """What makes two matmul operands the same tensor: the node itself, or for a reshape/view the
+    viewed node and the shape. An inference graph (a frozen encoder under no_grad) keeps one
+    reshape node per projection of the same input; a training graph's were already made one."""
+    if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in (
+            aten.view.default, aten.reshape.default, aten._unsafe_view.default) and not node.kwargs:
+        base, shape = node.args
+        return ("view", base, tuple(shape) if isinstance(shape, (list, tuple)) else shape)
+    return node
+
+
 def merge_shared_operand_matmuls(graph: torch.fx.Graph) -> int:
     """Merge the groups of matmuls in ``graph`` that share an operand, and sums of matmuls over
     projections of one input; returns the groups merged."""
@@ -219,16 +230,40 @@ def merge_shared_operand_matmuls(graph: torch.fx.Graph) -> int:
             if node.op != "call_function":
                 continue
             if node.target is aten.mm.default:
-                groups[("mm", node.args[0 if shared_first else 1])].append(node)
+                groups[("mm", _operand_key(node.args[0 if shared_first else 1]))].append(node)
             elif node.target is aten.addmm.default and shared_first:
-                groups[("addmm", node.args[1])].append(node)
+                groups[("addmm", _operand_key(node.args[1]))].append(node)
         for members in groups.values():
             if len(members) > 1 and _merge(graph, order, members, shared_first):
                 merged += 1
                 order = {n: i for i, n in enumerate(graph.nodes)}
     if merged:
+        _share_identical_concatenations(graph)
         graph.lint()
     return merged
+
+
+def _share_identical_concatenations(graph: torch.fx.Graph) -> int:
+    """Make later ``cat`` nodes of the same parts (same order, same dimension) use the first one.
+
+    A GQA block's backward concatenates dq, dk and dv twice, once for the merged weight gradient
+    and once for the merged input gradient; inductor wrote both copies (two [7,076 × 2,048]
+    buffers per block in the VLM step, read from the codegen on an H100). The first node precedes
+    the later one, hence all of its users, so the graph's order stays valid."""
+    first: dict[tuple, torch.fx.Node] = {}
+    shared = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.cat.default or node.kwargs:
+            continue
+        parts, dim = node.args[0], node.args[1] if len(node.args) > 1 else 0
+        key = (tuple(parts), dim)
+        if key in first:
+            node.replace_all_uses_with(first[key])
+            graph.erase_node(node)
+            shared += 1
+        else:
+            first[key] = node
+    return shared
 
 
 class MergeSharedOperandMatmuls(CustomGraphPass):

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
+
+from amylum.triton_support import interpreting as _interpreting
+from amylum.triton_support import triton_available  # noqa: F401  (re-exported for callers)
 
 # Elements per program and warps per program: 4,096 × 8 ran at 2.96 TB/s on an H100, 8,192 × 16
 # at 2.64 (bench/adamw_kernel.py, session 6; a bf16 copy of the same elements ran at 3.01).
@@ -35,17 +37,6 @@ BLOCK = 4096
 NUM_WARPS = 8
 
 
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _interpreting() -> bool:
-    """Triton's interpreter (``TRITON_INTERPRET=1``) runs the kernel on CPU tensors: for tests."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.cache

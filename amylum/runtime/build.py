@@ -83,6 +83,7 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device) -> nn.Module
         cfg.model.preset, vocab_size=vocab_size, device=device, seed=cfg.job.seed,
         attention_backend=cfg.model.attention,
     )
+    model.last_block_targets_only = cfg.model.last_block_targets_only
     branch = BranchFreeze(encoder=cfg.model.encoders, projector=cfg.model.projectors)
     apply_freeze(model, FreezeSpec(llm=cfg.model.llm, encoders={name: branch for name in model.encoders}))
     return model

@@ -15,11 +15,12 @@ aten = torch.ops.aten
 
 class _Counting(MergeSharedOperandMatmuls):
     def __init__(self):
-        self.merged, self.matmuls = [], []
+        self.merged, self.matmuls, self.cats = [], [], []
 
     def __call__(self, graph):
         self.merged.append(merge_shared_operand_matmuls(graph))
         self.matmuls.append(sum(n.target in (aten.mm.default, aten.addmm.default) for n in graph.nodes))
+        self.cats.append([(tuple(n.args[0]), n.args[1]) for n in graph.nodes if n.target is aten.cat.default])
 
 
 def _layer():
@@ -53,6 +54,10 @@ def test_qkv_projections_and_their_gradients_merge_and_agree():
     assert counting.merged == [1, 2]
     assert counting.matmuls[0] == 7 - 2
     assert counting.matmuls[1] == 14 - 4
+    # the weight gradient and the input gradient read one concatenation of dq, dk and dv
+    backward_cats = counting.cats[1]
+    assert len(backward_cats) == len(set(backward_cats))
+    assert sum(len(parts) == 3 and dim == 1 for parts, dim in backward_cats) == 2  # [dq dk dv] and [Wᵀ …]
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5)
     for name in want[2]:
@@ -104,3 +109,22 @@ def test_weight_gradients_concatenate_untransposed_and_misaligned_rows_are_refus
             torch.randn(7, 16, dtype=torch.bfloat16))
     gm = torch.fx.experimental.proxy_tensor.make_fx(rows, tracing_mode="fake")(*args)
     assert merge_shared_operand_matmuls(gm.graph) == 0
+
+
+def test_projections_through_separate_reshapes_of_one_input_merge():
+    """An inference graph (a frozen encoder under no_grad) reshapes the input once per projection."""
+    def f(x, w1, b1, w2, b2, w3):
+        return (torch.addmm(b1, x.reshape(10, 8), w1), torch.addmm(b2, x.reshape(10, 8), w2),
+                torch.addmm(b2, x.reshape(5, 16), w3))  # another shape: not the same operand
+
+    args = (torch.randn(2, 5, 8), torch.randn(8, 4), torch.randn(4), torch.randn(8, 4), torch.randn(4),
+            torch.randn(16, 4))
+    gm = torch.fx.experimental.proxy_tensor.make_fx(f, tracing_mode="fake")(*args)
+    views = [n for n in gm.graph.nodes if n.target in (aten.view.default, aten.reshape.default)]
+    assert len(views) == 3
+    assert merge_shared_operand_matmuls(gm.graph) == 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    assert sum(n.target is aten.addmm.default for n in gm.graph.nodes) == 2
+    for got, want in zip(gm(*args), f(*args)):
+        torch.testing.assert_close(got, want)
