@@ -1,6 +1,9 @@
 """The `amylum` command: help, config errors, and a smoke run of train → export → report."""
 
+import contextlib
+import io
 import json
+import runpy
 import subprocess
 import sys
 
@@ -10,7 +13,18 @@ from amylum.cli import build_parser, main
 
 
 def _run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "amylum", *args], capture_output=True, text=True, timeout=120)
+    """``python -m amylum ARGS``: amylum/__main__.py run as ``-m`` runs it, with its exit status and
+    output, but in this process: a new interpreter spends about 10 s importing torch and amylum per
+    call (a fresh ``python -m amylum`` is what test_dist_train.py's torchrun test launches)."""
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv = ["amylum", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+            runpy.run_module("amylum", run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = argv
+    code = exit_.value.code
+    proc = subprocess.CompletedProcess(["amylum", *args], 0 if code is None else code, out.getvalue(), err.getvalue())
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,10 @@ from amylum.resilience.events import read_events
 from amylum.resilience.local import write_tiny_run
 from amylum.runtime.distributed.launch import free_local_port as free_port  # noqa: F401  (the tests' import)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "parallel"))
+
+from dist_harness import forkserver  # noqa: E402
+
 
 def write_config(root: Path, steps: int) -> Path:
     return write_tiny_run(root, steps=steps, checkpoint_every=4)
@@ -19,16 +24,39 @@ def write_config(root: Path, steps: int) -> Path:
 def reference_losses(root: Path, config: Path, timeout: float = 180) -> dict[int, float]:
     """The failure-free run: one process, the whole global batch, no torchrun."""
     run_dir = root / "reference"
-    subprocess.run([sys.executable, "-m", "amylum.resilience", str(config), f"--job.run_dir={run_dir}",
-                    f"--resilience.snapshot_root={root / 'shm-reference'}", "--resilience.f=0"],
-                   check=True, timeout=timeout, capture_output=True, env={"OMP_NUM_THREADS": "1", **_env()})
+    run_worker([str(config), f"--job.run_dir={run_dir}", f"--resilience.snapshot_root={root / 'shm-reference'}",
+                "--resilience.f=0"], {"OMP_NUM_THREADS": "1", **os.environ}, root / "reference-log",
+               timeout=timeout).check_returncode()
     return {e["step"]: e["loss"] for e in read_events(run_dir) if e["event"] == "step"}
 
 
-def _env() -> dict:
-    import os
+def _worker_entry(argv: list[str], environ: dict, out: str, err: str) -> None:
+    import runpy
 
-    return dict(os.environ)
+    for fd, path in ((1, out), (2, err)):  # what a subprocess's captured stdout and stderr would hold
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    os.environ.clear()
+    os.environ.update(environ)
+    sys.argv = ["amylum.resilience", *argv]
+    runpy.run_module("amylum.resilience", run_name="__main__", alter_sys=True)  # exits with the worker's status
+
+
+def run_worker(argv: list[str], environ: dict, log_dir: Path, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m amylum.resilience ARGV`` (the elastic worker alone, no torchrun) in a process forked
+    from the tests' forkserver (tests/parallel/dist_harness.py), which imported torch and amylum
+    once: a new interpreter would spend about 10 s of CPU on those imports. The worker runs as
+    under ``python -m``, its exit status (``os._exit`` included) and its output are a subprocess's."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out, err = log_dir / "stdout", log_dir / "stderr"
+    proc = forkserver().Process(target=_worker_entry, args=(list(argv), dict(environ), str(out), str(err)))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        raise subprocess.TimeoutExpired(["amylum.resilience", *argv], timeout, err.read_text())
+    return subprocess.CompletedProcess(["amylum.resilience", *argv], proc.exitcode, out.read_text(), err.read_text())
 
 
 def wait_for_step(run_dir: Path, node: str, step: int, deadline: float) -> None:

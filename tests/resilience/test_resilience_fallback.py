@@ -1,26 +1,24 @@
 """Beyond what host memory can restore: too few nodes (clear message, exit code) and no surviving
 snapshot (resume from the last disk checkpoint, redoing the steps after it). Single-process runs
-of the elastic worker, so these paths are tested without torchrun's start-up cost."""
+of the elastic worker, so these paths are tested without torchrun's start-up cost (and forked from
+the tests' forkserver, without Python's imports: resilience_scenario.run_worker)."""
 
 from __future__ import annotations
 
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 from amylum.resilience.events import read_events
 from amylum.resilience.worker import EXIT_TOO_FEW_NODES
 
-from resilience_scenario import committed_steps, write_config
+from resilience_scenario import committed_steps, run_worker, write_config
 
 
 def _run(config, run_dir, shm, *extra, node="n1"):
     env = dict(os.environ, OMP_NUM_THREADS="1", AMYLUM_NODE_ID=node)
-    return subprocess.run([sys.executable, "-m", "amylum.resilience", str(config), f"--job.run_dir={run_dir}",
-                           f"--resilience.snapshot_root={shm}", *extra], env=env, capture_output=True, text=True,
-                          timeout=180)
+    return run_worker([str(config), f"--job.run_dir={run_dir}", f"--resilience.snapshot_root={shm}", *extra], env,
+                      f"{run_dir}-{node}-log", timeout=180)
 
 
 def test_too_few_nodes_for_f_exits_with_a_clear_message(tmp_path):
