@@ -173,6 +173,14 @@ def kernel_families(top: list[tuple[str, float, float]]) -> dict[str, tuple[floa
     return {f: (ms, n) for f, (ms, n) in sorted(out.items(), key=lambda kv: -kv[1][0])}
 
 
+def _option_value(text: str):
+    """An inductor option's value from the command line: true/false, an integer, or the text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def op_table(model, batch, rows: int, label: str) -> None:
     """One eager forward + backward under the profiler: the aten ops by GPU time, with their input
     shapes (which op launched which kernel; a CUDA-graph replay shows kernels only)."""
@@ -217,7 +225,7 @@ def hf_loop_step(model, batch: MultimodalBatch):
 
 
 def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph=False, optimizer="fused",
-            merge=False, prune=True, combo=False):
+            merge=False, prune=True, combo=False, row_options=()):
     preset, *_rest, train_llm = PRESETS[args.preset]
     device, dtype = ("cpu", torch.float32) if args.cpu_smoke else ("cuda", torch.bfloat16)
     if device == "cuda":
@@ -228,8 +236,8 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, gr
         model.validate_inputs = False
         model.last_block_targets_only = prune  # the last block's MLP on the loss's rows only (models/target_rows.py)
         if not args.no_compile:
-            options = dict(kv.split("=", 1) for kv in args.compile_option)
-            options = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in options.items()}
+            options = dict(kv.split("=", 1) for kv in (*args.compile_option, *row_options))
+            options = {k: _option_value(v) for k, v in options.items()}
             if combo:  # inductor's horizontal fusion: independent small kernels of a block share one launch
                 options["combo_kernels"] = True
             compile_blocks(model, frozen_graphs=args.frozen_graph, merge_matmuls=merge,
@@ -330,8 +338,9 @@ def main() -> None:
     ap.add_argument("--backend", default="fast", help="amylum attention backend for the target row")
     ap.add_argument("--extra-backend", action="append", default=[],
                     help="also time the multimodal row with this attention backend (repeatable), e.g. flex; "
-                         "suffixes +graph / +eager, +triton / +fused, +merge / +nomerge and +prune / +noprune "
-                         "override --graph, --optimizer, --merge-matmuls and --no-prune for that row")
+                         "suffixes +graph / +eager, +triton / +fused, +merge / +nomerge, +prune / +noprune and "
+                         "+combo / +nocombo override --graph, --optimizer, --merge-matmuls, --no-prune and "
+                         "--combo-kernels for that row; +opt:KEY=VALUE adds an inductor option to that row's blocks")
     ap.add_argument("--merge-matmuls", action="store_true",
                     help="amylum rows: merge matmuls sharing an input in the compiled blocks (parallel/gemm_merge.py)")
     ap.add_argument("--loss-chunk", type=int, default=0, help="amylum rows: the fused loss's chunk (default: the model's)")
@@ -380,13 +389,15 @@ def main() -> None:
 
     main = (args.graph, args.optimizer, args.merge_matmuls, not args.no_prune, args.combo_kernels)
     tag = f" [{row_tag(*main)}]" if row_tag(*main) else ""
-    variants = [("hf-loop", "hf", "causal", False, (False, "fused", False, False, False))]
+    variants = [("hf-loop", "hf", "causal", False, (False, "fused", False, False, False, ()))]
     if not args.skip_causal:
-        variants.append((f"amylum-causal{tag}", args.backend, "causal", True, main))
-    variants.append((f"amylum{tag}", args.backend, "multimodal", True, main))
+        variants.append((f"amylum-causal{tag}", args.backend, "causal", True, (*main, ())))
+    variants.append((f"amylum{tag}", args.backend, "multimodal", True, (*main, ())))
     for extra in args.extra_backend:
         name, *flags = extra.split("+")
         known = {"graph", "eager", "triton", "fused", "merge", "nomerge", "prune", "noprune", "combo", "nocombo"}
+        row_options = tuple(f[len("opt:"):] for f in flags if f.startswith("opt:") and "=" in f)
+        flags = [f for f in flags if not f.startswith("opt:")]
         unknown = set(flags) - known
         if unknown:
             sys.exit(f"--extra-backend {extra!r}: unknown suffix {sorted(unknown)} ({', '.join(sorted(known))})")
@@ -395,14 +406,14 @@ def main() -> None:
         merge = "merge" in flags or ("nomerge" not in flags and args.merge_matmuls)
         prune = "prune" in flags or ("noprune" not in flags and not args.no_prune)
         combo = "combo" in flags or ("nocombo" not in flags and args.combo_kernels)
-        tag = row_tag(graph, optimizer, merge, prune, combo)
+        tag = "+".join(t for t in (row_tag(graph, optimizer, merge, prune, combo), *row_options) if t)
         variants.append((f"amylum [{name}{'+' + tag if tag else ''}]", name, "multimodal", True,
-                         (graph, optimizer, merge, prune, combo)))
+                         (graph, optimizer, merge, prune, combo, row_options)))
     results = []
-    for label, backend, mask_mode, amylum_path, (graph, optimizer, merge, prune, combo) in variants:
+    for label, backend, mask_mode, amylum_path, (graph, optimizer, merge, prune, combo, row_options) in variants:
         try:
             results.append(run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph, optimizer,
-                                   merge, prune, combo))
+                                   merge, prune, combo, row_options))
         except Exception as exc:  # one failing variant must not cost the others' measurements
             if not results:
                 raise
