@@ -12,9 +12,9 @@ On a GPU the per-chunk softmax, loss and logit gradient are one kernel (amylum's
 ``models/loss_triton.py``; the same arithmetic compiled by inductor where Triton is missing or
 the model has a logit softcap): it reads the chunk's bf16 logits twice and writes their bf16
 gradient, instead of the half-dozen fp32 passes (upcast, log-sum-exp, softmax, one-hot
-subtraction, scaling, downcast) that eager code makes over a (chunk × vocabulary) array. Over several chunks the head's weight gradient is
-accumulated in fp32 by the matmul itself (``out_dtype``) rather than by a bf16 product, an
-upcast and an add. When all targets fit one chunk, the logit gradient is kept for backward
+subtraction, scaling, downcast) that eager code makes over a (chunk × vocabulary) array. Over
+several chunks the head's weight gradient is accumulated in fp32 by the matmul itself
+(``out_dtype``) rather than by a bf16 product, an upcast and an add. When all targets fit one chunk, the logit gradient is kept for backward
 instead, where one matmul makes the weight gradient already scaled by the incoming gradient.
 """
 

@@ -37,8 +37,6 @@ BLOCK = 4096
 NUM_WARPS = 8
 
 
-
-
 @functools.cache
 def _kernel():
     """The Triton kernel, defined on first use (importing this module must not need Triton) and
