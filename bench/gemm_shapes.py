@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from step_parts import cuda_ms, memsets_per_call  # noqa: E402
 
 HIDDEN, INTER, Q_HEADS, KV_HEADS, HEAD_DIM, LAYERS, VOCAB, TARGETS = 1536, 8960, 12, 2, 128, 28, 151936, 4096
 VARIANTS = {
@@ -27,32 +31,6 @@ VARIANTS = {
     "no workspace": {"CUBLAS_WORKSPACE_CONFIG": ":0:0", "CUBLASLT_WORKSPACE_SIZE": "0"},
     "cublaslt route": {"AMYLUM_BENCH_BLAS": "cublaslt"},
 }
-
-
-def cuda_ms(fn, calls: int = 10, reps: int = 7) -> float:
-    """Median over ``reps`` of the mean kernel time of ``calls`` back-to-back calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(calls):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / calls)
-    return statistics.median(times)
-
-
-def memsets_per_call(fn, calls: int = 5) -> float:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.name.startswith("Memset")) / calls
 
 
 def step_gemms(tokens: int) -> list[tuple[str, int, tuple]]:
@@ -74,13 +52,12 @@ def table(tokens: int, label: str) -> None:
         gy = torch.randn(rows, d_out, device="cuda", dtype=torch.bfloat16, generator=g)
         flop = 2 * rows * d_in * d_out
         for part, fn in (("fwd", lambda: x @ w.t()), ("dgrad", lambda: gy @ w), ("wgrad", lambda: gy.t() @ x)):
-            ms = cuda_ms(fn)
-            m = memsets_per_call(fn)
+            ms = cuda_ms(fn, reps=7, calls=10)
+            m = memsets_per_call(fn, calls=5)
             total_ms += calls * ms
             total_flop += calls * flop
             total_memsets += calls * m
             print(f"  {name + ' ' + part:<16} {ms:7.3f} {flop / ms / 1e9:8.0f} {m:8.1f}")
-        del x, w, gy
     print(f"  {'one step':<16} {total_ms:7.2f} {total_flop / total_ms / 1e9:8.0f} {total_memsets:8.0f}   "
           f"({total_flop / 1e12:.1f} TFLOP)")
 

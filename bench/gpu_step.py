@@ -225,7 +225,7 @@ def hf_loop_step(model, batch: MultimodalBatch):
 
 
 def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph=False, optimizer="fused",
-            merge=False, prune=True, combo=False, row_options=()):
+            merge=False, prune=True, row_options=()):
     preset, *_rest, train_llm = PRESETS[args.preset]
     device, dtype = ("cpu", torch.float32) if args.cpu_smoke else ("cuda", torch.bfloat16)
     if device == "cuda":
@@ -238,8 +238,6 @@ def run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, gr
         if not args.no_compile:
             options = dict(kv.split("=", 1) for kv in (*args.compile_option, *row_options))
             options = {k: _option_value(v) for k, v in options.items()}
-            if combo:  # inductor's horizontal fusion: independent small kernels of a block share one launch
-                options["combo_kernels"] = True
             compile_blocks(model, frozen_graphs=args.frozen_graph, merge_matmuls=merge,
                            **({"mode": args.compile_mode} if args.compile_mode else {}),
                            **({"options": options} if options else {}))
@@ -338,9 +336,9 @@ def main() -> None:
     ap.add_argument("--backend", default="fast", help="amylum attention backend for the target row")
     ap.add_argument("--extra-backend", action="append", default=[],
                     help="also time the multimodal row with this attention backend (repeatable), e.g. flex; "
-                         "suffixes +graph / +eager, +triton / +fused, +merge / +nomerge, +prune / +noprune and "
-                         "+combo / +nocombo override --graph, --optimizer, --merge-matmuls, --no-prune and "
-                         "--combo-kernels for that row; +opt:KEY=VALUE adds an inductor option to that row's blocks")
+                         "suffixes +graph / +eager, +triton / +fused, +merge / +nomerge and +prune / +noprune "
+                         "override --graph, --optimizer, --merge-matmuls and --no-prune for that row; "
+                         "+opt:KEY=VALUE adds (or overrides) an inductor option for that row's blocks")
     ap.add_argument("--merge-matmuls", action="store_true",
                     help="amylum rows: merge matmuls sharing an input in the compiled blocks (parallel/gemm_merge.py)")
     ap.add_argument("--loss-chunk", type=int, default=0, help="amylum rows: the fused loss's chunk (default: the model's)")
@@ -349,8 +347,6 @@ def main() -> None:
     ap.add_argument("--graph", action="store_true",
                     help="amylum rows replay the whole step as one CUDA graph (amylum.runtime.graph_step)")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--combo-kernels", action="store_true",
-                    help="amylum rows: compile the blocks with inductor's combo_kernels (fewer, horizontally fused launches)")
     ap.add_argument("--no-prune", action="store_true",
                     help="amylum rows: the last block's MLP runs on every row (default: on the loss's rows only)")
     ap.add_argument("--frozen-graph", action="store_true",
@@ -383,20 +379,22 @@ def main() -> None:
           f"{resolve_backend(args.backend)!r}", flush=True)
     if (args.graph or args.optimizer == "triton") and args.cpu_smoke:
         sys.exit("--graph and --optimizer triton need CUDA")
-    def row_tag(graph, optimizer, merge, prune, combo):
+    def row_tag(graph, optimizer, merge, prune):
         return "+".join(t for t, on in (("graph", graph), ("triton", optimizer == "triton"), ("merge", merge),
-                                        ("noprune", not prune), ("combo", combo)) if on)
+                                        ("noprune", not prune)) if on)
 
-    main = (args.graph, args.optimizer, args.merge_matmuls, not args.no_prune, args.combo_kernels)
+    main = (args.graph, args.optimizer, args.merge_matmuls, not args.no_prune)
     tag = f" [{row_tag(*main)}]" if row_tag(*main) else ""
-    variants = [("hf-loop", "hf", "causal", False, (False, "fused", False, False, False, ()))]
+    variants = [("hf-loop", "hf", "causal", False, (False, "fused", False, False, ()))]
     if not args.skip_causal:
         variants.append((f"amylum-causal{tag}", args.backend, "causal", True, (*main, ())))
     variants.append((f"amylum{tag}", args.backend, "multimodal", True, (*main, ())))
     for extra in args.extra_backend:
         name, *flags = extra.split("+")
-        known = {"graph", "eager", "triton", "fused", "merge", "nomerge", "prune", "noprune", "combo", "nocombo"}
-        row_options = tuple(f[len("opt:"):] for f in flags if f.startswith("opt:") and "=" in f)
+        known = {"graph", "eager", "triton", "fused", "merge", "nomerge", "prune", "noprune"}
+        row_options = tuple(f[len("opt:"):] for f in flags if f.startswith("opt:"))
+        if any("=" not in o for o in row_options):
+            sys.exit(f"--extra-backend {extra!r}: an +opt: suffix needs KEY=VALUE")
         flags = [f for f in flags if not f.startswith("opt:")]
         unknown = set(flags) - known
         if unknown:
@@ -405,15 +403,14 @@ def main() -> None:
         optimizer = "triton" if "triton" in flags else "fused" if "fused" in flags else args.optimizer
         merge = "merge" in flags or ("nomerge" not in flags and args.merge_matmuls)
         prune = "prune" in flags or ("noprune" not in flags and not args.no_prune)
-        combo = "combo" in flags or ("nocombo" not in flags and args.combo_kernels)
-        tag = "+".join(t for t in (row_tag(graph, optimizer, merge, prune, combo), *row_options) if t)
+        tag = "+".join(t for t in (row_tag(graph, optimizer, merge, prune), *row_options) if t)
         variants.append((f"amylum [{name}{'+' + tag if tag else ''}]", name, "multimodal", True,
-                         (graph, optimizer, merge, prune, combo, row_options)))
+                         (graph, optimizer, merge, prune, row_options)))
     results = []
-    for label, backend, mask_mode, amylum_path, (graph, optimizer, merge, prune, combo, row_options) in variants:
+    for label, backend, mask_mode, amylum_path, (graph, optimizer, merge, prune, row_options) in variants:
         try:
             results.append(run_row(label, args, shape, vocab, backend, mask_mode, amylum_path, rate, graph, optimizer,
-                                   merge, prune, combo, row_options))
+                                   merge, prune, row_options))
         except Exception as exc:  # one failing variant must not cost the others' measurements
             if not results:
                 raise

@@ -26,18 +26,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from amylum.models.loss import _chunk_loss_and_grad  # noqa: E402
 
 
-def cuda_ms(fn, reps=20, warm=3):
+def cuda_ms(fn, reps=20, warm=3, calls=1):
+    """Median over ``reps`` of the mean CUDA-event time of ``calls`` back-to-back calls."""
     for _ in range(warm):
         fn()
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(calls):
+            fn()
         b.record()
         torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) / calls)
     return statistics.median(times)
+
+
+def memsets_per_call(fn, calls: int = 10) -> float:
+    """cudaMemsetAsync calls per call of ``fn`` (cuBLAS issues them from inside a matmul)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.name.startswith("Memset")) / calls
 
 
 def _previous_chunk_loss_and_grad(logits, targets, denominator, scale, softcap, need_grad):
@@ -96,8 +109,6 @@ def loss_kernel() -> None:
 
 
 def blas_memsets() -> None:
-    from torch.profiler import ProfilerActivity, profile
-
     t, k = 7076, 1536
     shapes = {"q/k/v merged (fwd)": (t, k, 2048), "MLP gate (fwd)": (t, k, 8960), "down (fwd)": (t, 8960, k),
               "dW k/v merged": (2048, t, k)}
@@ -110,11 +121,7 @@ def blas_memsets() -> None:
             a = torch.randn(m, kk, device="cuda", dtype=torch.bfloat16)
             b = torch.randn(kk, n, device="cuda", dtype=torch.bfloat16)
             ms = cuda_ms(lambda: a @ b)
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(10):
-                    a @ b
-                torch.cuda.synchronize()
-            memsets = sum(1 for e in prof.events() if e.name.startswith("Memset")) / 10
+            memsets = memsets_per_call(lambda: a @ b)
             print(f"  {route:<9} {name:<20} {ms:7.3f} ms  {2 * m * kk * n / ms / 1e9:6.0f} TFLOP/s  {memsets:.0f} memsets/call")
     torch.backends.cuda.preferred_blas_library(before)
 

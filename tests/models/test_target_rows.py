@@ -68,7 +68,7 @@ def test_pruned_last_block_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(pruned[name], full[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_hooks_are_inactive_outside_the_loss_forward():
+def test_rows_are_restricted_only_inside_the_loss_forward():
     model, batch = _model_and_batch()
     seen, handle = _mlp_rows_seen(model)
     embeds = model.embed(batch)
@@ -106,7 +106,7 @@ def test_a_copied_model_prunes_its_own_mlp():
 
 
 def test_compiled_last_block_prunes_and_follows_new_target_counts():
-    """dynamo traces the hooks inside a compiled block; a batch with other target counts recompiles."""
+    """dynamo traces the restricted forward inside a compiled block; other target counts recompile it."""
     model, batch = _model_and_batch()
     ref_loss, ref = _loss_and_grads(model, batch, pruned=False)
     find_layer_list(model.llm)[-1].compile(backend="aot_eager")
